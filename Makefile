@@ -1,0 +1,45 @@
+# Every target sets itself up: a .venv virtualenv, pip packages, Debian packages when missing.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/datasets
+THREADS ?= 1
+APT_PKGS := mosquitto fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-croscore
+
+.PHONY: setup setup-train system-packages test lint eval eval-crops models fixtures clean
+
+system-packages:
+	@bash deploy/host-packages.sh $(APT_PKGS)
+
+$(BIN)/edge: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+setup: system-packages $(BIN)/edge
+
+# training extras (PyTorch CPU build from the local disk, onnx, Pillow)
+setup-train: setup
+	$(BIN)/pip install -q -e '.[test,train]'
+
+test: setup-train
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check edge tests models/train
+
+# Score detector+reader on the openalpr-endtoend development split (one thread, as the floors are set)
+eval: setup
+	$(BIN)/edge eval $(DATA)/openalpr-endtoend --out out/eval.jsonl --threads $(THREADS)
+
+eval-crops: setup
+	$(BIN)/edge eval --crops $(DATA)/openalpr-us-crops --threads $(THREADS)
+
+# Retrain both models from scratch (resumes from runs/ checkpoints), then export to models/.
+models: setup-train
+	bash models/train/train_all.sh
+
+clean:
+	rm -rf out build dist *.egg-info .pytest_cache

@@ -1,0 +1,254 @@
+"""`edge eval`: run the recognizer over labelled images and score it.
+
+Folder layout (openalpr-endtoend): DIR/<region>/<image> with DIR/<region>/<image-stem>.txt holding
+one tab-separated line `file x y w h TEXT`. Scoring rules (shared with the project's checker):
+a prediction matches the truth plate when IoU >= 0.1 or it contains the truth box's centre;
+an image is read when a matching prediction has exactly the truth text (A-Z0-9 only); a prediction
+matching no truth box is a false positive.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
+
+
+class EvalError(Exception):
+    """A problem with the evaluation input that stops the run."""
+
+
+def normalize(text: str, lenient: bool = False) -> str:
+    t = _NOT_ALNUM.sub("", text.upper())
+    return t.translate(str.maketrans("OI", "01")) if lenient else t
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matches(pred_box, truth_box) -> bool:
+    cx, cy = (truth_box[0] + truth_box[2]) / 2, (truth_box[1] + truth_box[3]) / 2
+    inside = pred_box[0] <= cx <= pred_box[2] and pred_box[1] <= cy <= pred_box[3]
+    return inside or box_iou(pred_box, truth_box) >= 0.1
+
+
+@dataclass
+class Truth:
+    key: str  # "<region>/<file>"
+    image: Path
+    box: tuple[float, float, float, float]
+    text: str
+
+
+def load_truth(root: Path, warn: TextIO = sys.stderr) -> list[Truth]:
+    if not root.exists():
+        raise EvalError(f"evaluation folder not found: {root}")
+    if not root.is_dir():
+        raise EvalError(f"not a folder: {root} (expected DIR/<region>/<image> with <image-stem>.txt labels)")
+    labels = sorted(root.glob("*/*.txt"))
+    if not labels:
+        raise EvalError(f"no labels in {root}: expected DIR/<region>/<image-stem>.txt files (openalpr-endtoend layout)")
+    out = []
+    for lab in labels:
+        fields = lab.read_text(errors="replace").strip().split("\t")
+        try:
+            name = fields[0]
+            x, y, w, h = (float(v) for v in fields[1:5])
+            text = normalize(fields[5])
+        except (IndexError, ValueError):
+            print(f"warning: skipping {lab}: expected 'file<TAB>x<TAB>y<TAB>w<TAB>h<TAB>TEXT'", file=warn)
+            continue
+        img = lab.parent / name
+        if not img.exists():
+            print(f"warning: skipping {lab}: image {name} not found", file=warn)
+            continue
+        out.append(Truth(f"{lab.parent.name}/{name}", img, (x, y, x + w, y + h), text))
+    if not out:
+        raise EvalError(f"no usable labels in {root}")
+    return out
+
+
+@dataclass
+class Tally:
+    n: int = 0
+    detected: int = 0
+    exact: int = 0
+    lenient: int = 0
+    cer: float = 0.0
+    fp: int = 0
+    ms: list[float] = field(default_factory=list)
+
+    def add(self, truth: Truth, plates: list[dict], ms: float | None) -> None:
+        self.n += 1
+        if ms is not None:
+            self.ms.append(ms)
+        over = [p for p in plates if matches(p["box"], truth.box)]
+        self.fp += len(plates) - len(over)
+        self.detected += bool(over)
+        texts = [normalize(p["text"]) for p in over]
+        self.exact += truth.text in texts
+        self.lenient += normalize(truth.text, True) in [normalize(t, True) for t in texts]
+        best = min((edit_distance(t, truth.text) for t in texts), default=len(truth.text))
+        self.cer += min(1.0, best / max(1, len(truth.text)))
+
+    def merge(self, o: Tally) -> None:
+        self.n += o.n
+        self.detected += o.detected
+        self.exact += o.exact
+        self.lenient += o.lenient
+        self.cer += o.cer
+        self.fp += o.fp
+        self.ms += o.ms
+
+    def summary(self) -> dict:
+        n = max(1, self.n)
+        return {
+            "images": self.n,
+            "detected": round(self.detected / n, 4),
+            "exact": round(self.exact / n, 4),
+            "lenient": round(self.lenient / n, 4),
+            "cer": round(self.cer / n, 4),
+            "fp_per_image": round(self.fp / n, 3),
+            "ms_median": round(statistics.median(self.ms), 1) if self.ms else None,
+        }
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when it is a terminal, else occasional lines)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr):
+        self.total, self.label, self.stream = total, label, stream
+        self.tty = stream.isatty()
+        self.t0 = time.monotonic()
+        self.last = -1
+
+    def update(self, done: int) -> None:
+        pct = int(100 * done / max(1, self.total))
+        if self.tty:
+            bar = "#" * (pct // 4) + "." * (25 - pct // 4)
+            rate = done / max(1e-6, time.monotonic() - self.t0)
+            self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {rate:.1f} img/s")
+            if done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif pct // 10 != self.last // 10 or done == self.total:
+            self.stream.write(f"{self.label}: {done}/{self.total}\n")
+            self.stream.flush()
+        self.last = pct
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    head = f"{'region':8} {'images':>6} {'detected':>8} {'exact':>6} {'lenient':>7} {'CER':>6} {'FP/img':>6} {'ms(med)':>8}"
+    lines = [head, "-" * len(head)]
+    for k, v in rows.items():
+        lines.append(
+            f"{k:8} {v['images']:6d} {v['detected']:8.3f} {v['exact']:6.3f} {v['lenient']:7.3f} {v['cer']:6.3f} "
+            f"{v['fp_per_image']:6.3f} {v['ms_median'] if v['ms_median'] is not None else float('nan'):8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout) -> dict:
+    truths = load_truth(root)
+    tallies: dict[str, Tally] = {}
+    prog = Progress(len(truths), "eval")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for i, t in enumerate(truths, 1):
+            frame = cv2.imread(str(t.image), cv2.IMREAD_COLOR)
+            rec: dict = {"image": t.key, "plates": [], "ms": None}
+            if frame is None:
+                print(f"warning: cannot decode {t.image}; counted as not read", file=sys.stderr)
+                rec["error"] = "cannot decode image"
+            else:
+                t0 = time.perf_counter()
+                plates = recognizer.recognize(frame)
+                rec["ms"] = round((time.perf_counter() - t0) * 1000, 2)
+                rec["plates"] = [
+                    {"text": p.text, "box": [round(v, 1) for v in p.box], "confidence": round(p.confidence, 4)} for p in plates
+                ]
+            f.write(json.dumps(rec) + "\n")
+            tallies.setdefault(t.key.split("/")[0], Tally()).add(t, rec["plates"], rec["ms"])
+            prog.update(i)
+    rows = {k: v.summary() for k, v in sorted(tallies.items())}
+    total = Tally()
+    for v in tallies.values():
+        total.merge(v)
+    rows["all"] = total.summary()
+    print(format_table(rows), file=stream)
+    print(f"peak memory {peak_rss_mb():.0f} MB; predictions in {out}", file=stream)
+    return rows
+
+
+def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout) -> dict:
+    gt = root / "groundtruth.csv"
+    if not gt.exists():
+        raise EvalError(f"{gt} not found: --crops expects a folder with groundtruth.csv (filename,state,text)")
+    with open(gt, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"filename", "text"} <= set(rows[0]):
+        raise EvalError(f"{gt}: expected a header 'filename,state,text'")
+    tally = Tally()
+    prog = Progress(len(rows), "eval crops")
+    sink = open(out, "w") if out else None
+    try:
+        for i, r in enumerate(rows, 1):
+            img = cv2.imread(str(root / r["filename"]), cv2.IMREAD_COLOR)
+            truth = normalize(r["text"])
+            if img is None:
+                print(f"warning: cannot decode {root / r['filename']}; counted as not read", file=sys.stderr)
+                text, ms = "", None
+            else:
+                t0 = time.perf_counter()
+                res = reader.read([img])[0]
+                ms = (time.perf_counter() - t0) * 1000
+                text = res.text
+            tally.n += 1
+            tally.exact += text == truth
+            tally.lenient += normalize(text, True) == normalize(truth, True)
+            tally.cer += min(1.0, edit_distance(text, truth) / max(1, len(truth)))
+            tally.detected += 1
+            if ms is not None:
+                tally.ms.append(ms)
+            if sink:
+                sink.write(json.dumps({"image": r["filename"], "text": text, "truth": truth, "ms": round(ms or 0, 2)}) + "\n")
+            prog.update(i)
+    finally:
+        if sink:
+            sink.close()
+    s = tally.summary()
+    print(f"{'crops':8} {'images':>6} {'exact':>6} {'lenient':>7} {'CER':>6} {'ms(med)':>8}", file=stream)
+    print(f"{root.name[:8]:8} {s['images']:6d} {s['exact']:6.3f} {s['lenient']:7.3f} {s['cer']:6.3f} {s['ms_median'] or 0:8.2f}", file=stream)
+    print(f"peak memory {peak_rss_mb():.0f} MB", file=stream)
+    return s

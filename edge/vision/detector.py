@@ -1,0 +1,73 @@
+"""Plate detector: runs the project's ONNX detector on a whole (downscaled) frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.vision.geometry import Letterbox, letterbox, nms
+from edge.vision.session import ModelError, OnnxModel
+
+
+@dataclass
+class Detections:
+    """Boxes found in one frame, in source-frame pixels."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # x1 y1 x2 y2
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def decode_heads(
+    heads: np.ndarray, stride: int, threshold: float, lb: Letterbox, iou: float = 0.3, max_det: int = 50
+) -> np.ndarray:
+    """Turn the (5, gh, gw) head map into (N, 5) [x1 y1 x2 y2 score] rows in source pixels.
+
+    Channel 0 is the centre heat (0..1), 1-2 are log(width/stride), log(height/stride), 3-4 the
+    sub-cell offset of the centre. Peaks are local maxima of the heat (3x3) above `threshold`.
+    """
+    heat = np.ascontiguousarray(heads[0], dtype=np.float32)
+    peak = cv2.dilate(heat, np.ones((3, 3), np.uint8))
+    ys, xs = np.nonzero((heat >= peak) & (heat >= threshold))
+    if len(ys) == 0:
+        return np.zeros((0, 5), np.float32)
+    scores = heat[ys, xs]
+    if len(scores) > max_det * 4:
+        top = np.argsort(-scores)[: max_det * 4]
+        ys, xs, scores = ys[top], xs[top], scores[top]
+    w = np.exp(np.clip(heads[1, ys, xs], -4, 8)) * stride
+    h = np.exp(np.clip(heads[2, ys, xs], -4, 8)) * stride
+    cx = (xs + heads[3, ys, xs]) * stride
+    cy = (ys + heads[4, ys, xs]) * stride
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    keep = nms(boxes, scores, iou)[:max_det]
+    src = lb.to_source(boxes[keep])
+    out = np.concatenate([src, scores[keep, None]], 1).astype(np.float32)
+    ok = (out[:, 2] - out[:, 0] >= 2) & (out[:, 3] - out[:, 1] >= 2)
+    return out[ok]
+
+
+class PlateDetector:
+    """Load a detector ONNX file; `detect(bgr_frame)` returns Detections in frame pixels."""
+
+    def __init__(self, path: str | Path, threads: int = 1, threshold: float | None = None, long_side: int | None = None):
+        self.model = OnnxModel(path, threads=threads)
+        meta = self.model.meta
+        if meta.get("kind") != "plate-detector":
+            raise ModelError(f"{path}: not a plate-detector model (metadata kind={meta.get('kind')!r})")
+        self.stride = int(meta["stride"])
+        self.long_side = int(long_side or meta["long_side"])
+        self.multiple = int(meta.get("pad_multiple", 32))
+        self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.35))
+
+    def detect(self, frame_bgr: np.ndarray) -> Detections:
+        canvas, lb = letterbox(frame_bgr, self.long_side, self.multiple)
+        x = canvas[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1 / 255.0)
+        heads = self.model.run(x)[0][0]
+        rows = decode_heads(heads, self.stride, self.threshold, lb)
+        return Detections(rows[:, :4].copy(), rows[:, 4].copy())

@@ -1,0 +1,91 @@
+"""Detector + reader: a frame in, typed plate results out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.vision.detector import PlateDetector
+from edge.vision.geometry import expand_box
+from edge.vision.reader import PlateReader
+
+DETECTOR_FILE = "plate_detector.onnx"
+READER_FILE = "plate_reader.onnx"
+
+
+def default_model_dir() -> Path:
+    """$EDGE_MODELS, else the `models/` folder beside the `edge` package (a source checkout)."""
+    env = os.environ.get("EDGE_MODELS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+@dataclass(frozen=True)
+class PlateResult:
+    text: str
+    confidence: float  # the reader's confidence in the whole text
+    char_confidences: tuple[float, ...]
+    box: tuple[float, float, float, float]  # x1 y1 x2 y2, frame pixels
+    corners: tuple[tuple[float, float], ...]  # TL, TR, BR, BL, frame pixels
+    detection_score: float
+    read_confidence: float
+
+
+@dataclass
+class RecognizerConfig:
+    model_dir: Path = field(default_factory=default_model_dir)
+    threads: int = 1
+    detection_threshold: float | None = None  # None: the model's own default
+    min_confidence: float = 0.5
+    min_length: int = 2
+    max_length: int = 10
+    detector_file: str = DETECTOR_FILE
+    reader_file: str = READER_FILE
+
+
+class PlateRecognizer:
+    def __init__(self, config: RecognizerConfig | None = None):
+        self.config = config or RecognizerConfig()
+        c = self.config
+        self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
+        self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads)
+
+    def crops(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        h, w = frame.shape[:2]
+        out = []
+        for b in boxes:
+            x1, y1, x2, y2 = expand_box(b, w, h, self.reader.margin_x, self.reader.margin_y)
+            out.append(frame[y1:y2, x1:x2])
+        return out
+
+    def recognize(self, frame_bgr: np.ndarray) -> list[PlateResult]:
+        dets = self.detector.detect(frame_bgr)
+        if not len(dets):
+            return []
+        reads = self.reader.read(self.crops(frame_bgr, dets.boxes))
+        out = []
+        c = self.config
+        for box, score, r in zip(dets.boxes, dets.scores, reads):
+            if not (c.min_length <= len(r.text) <= c.max_length):
+                continue
+            conf = float(r.confidence)
+            if conf < c.min_confidence:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            out.append(
+                PlateResult(
+                    text=r.text,
+                    confidence=round(conf, 4),
+                    char_confidences=r.char_confidences,
+                    box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)),
+                    corners=((x1, y1), (x2, y1), (x2, y2), (x1, y2)),
+                    detection_score=round(float(score), 4),
+                    read_confidence=round(r.confidence, 4),
+                )
+            )
+        out.sort(key=lambda p: -p.confidence)
+        return out

@@ -1,0 +1,274 @@
+"""Train the plate text reader: a small CNN with CTC over a two-row sequence.
+
+The CNN squeezes the crop to two rows of 40 columns; the output sequence is row 0 then row 1,
+so a one-line plate is read along one row and a two-line plate top row first. CTC picks the
+alignment. Outputs per-step class probabilities (blank = 0).
+
+    python -m models.train.reader --out runs/reader --minutes 60 [--pseudo runs/pseudo.tsv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.train.boxdata import load_box_sets
+from models.train.common import Logger, git_commit, save_onnx_with_meta
+from models.train.render import degrade, plate_crop_sample
+
+CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+IN_H, IN_W = 48, 160
+
+
+def cbr(cin, cout, k=3, s=1, p=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, p, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PlateReader(nn.Module):
+    def __init__(self, n_classes=len(CHARSET) + 1, w=(32, 64, 96, 128)):
+        super().__init__()
+        self.body = nn.Sequential(
+            cbr(3, w[0]),  # 48x160
+            nn.MaxPool2d(2),  # 24x80
+            cbr(w[0], w[1]),
+            nn.MaxPool2d(2),  # 12x40
+            cbr(w[1], w[2]),
+            cbr(w[2], w[2]),
+            nn.MaxPool2d((2, 1)),  # 6x40
+            cbr(w[2], w[3]),
+            cbr(w[3], w[3]),
+            cbr(w[3], w[3], k=(3, 1), s=(3, 1), p=0),  # 2x40
+        )
+        self.ctx = nn.Sequential(cbr(w[3], w[3], k=(1, 5), p=(0, 2)), nn.Dropout(0.1))
+        self.cls = nn.Conv2d(w[3], n_classes, 1)
+
+    def forward(self, x):
+        y = self.cls(self.ctx(self.body(x)))  # N, C, 2, 40
+        n, c, r, t = y.shape
+        return y.permute(0, 2, 3, 1).reshape(n, r * t, c)  # N, T=80, C (logits)
+
+
+# ------------------------------------------------------------------ data
+
+
+def to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+
+
+class RealCrops:
+    """Pseudo-labelled crops of real photos (see pseudolabel.py), cut with a jittered box."""
+
+    def __init__(self, tsv: Path | None, val_frac=0.08, seed=0):
+        self.train: list[tuple] = []
+        self.val: list[tuple] = []
+        self.cache: dict[str, np.ndarray] = {}
+        if tsv is None or not tsv.exists():
+            return
+        rng = random.Random(seed)
+        by_img: dict[str, list] = {}
+        for line in tsv.read_text().splitlines():
+            f = line.split("\t")
+            if len(f) < 6:
+                continue
+            by_img.setdefault(f[0], []).append((f[0], *map(float, f[1:5]), f[5]))
+        keys = sorted(by_img)
+        rng.shuffle(keys)
+        nval = int(len(keys) * val_frac)
+        for i, k in enumerate(keys):
+            (self.val if i < nval else self.train).extend(by_img[k])
+
+    def image(self, path: str) -> np.ndarray:
+        im = self.cache.get(path)
+        if im is None:
+            im = cv2.imread(path)[..., ::-1].copy()
+            self.cache[path] = im
+        return im
+
+    def sample(self, item, rng: np.random.Generator | None):
+        path, x1, y1, x2, y2, text = item
+        im = self.image(path)
+        H, W = im.shape[:2]
+        bw, bh = x2 - x1, y2 - y1
+        if rng is None:
+            j = np.array([0.03, 0.06, 0.03, 0.06]) * [bw, bh, bw, bh]
+        else:
+            j = rng.uniform(-0.04, 0.12, 4) * [bw, bh, bw, bh]
+        c = im[max(0, int(y1 - j[1])) : min(H, int(y2 + j[3])), max(0, int(x1 - j[0])) : min(W, int(x2 + j[2]))]
+        if rng is not None:
+            if rng.random() < 0.3:
+                s = rng.uniform(0.4, 0.9)
+                c = cv2.resize(c, (max(8, int(c.shape[1] * s)), max(4, int(c.shape[0] * s))), interpolation=cv2.INTER_AREA)
+            c = degrade(c, rng, strength=0.5)
+        return cv2.resize(c, (IN_W, IN_H), interpolation=cv2.INTER_LINEAR), text
+
+
+def backgrounds(root: Path, n=200, seed=0) -> list[np.ndarray]:
+    items = load_box_sets(root)
+    random.Random(seed).shuffle(items)
+    out = []
+    for it in items[:n]:
+        im = cv2.imread(str(it.path))
+        if im is not None:
+            s = 320 / max(im.shape[:2])
+            out.append(cv2.resize(im, None, fx=s, fy=s)[..., ::-1].copy())
+    return out
+
+
+def encode(texts: list[str]):
+    flat = [CHARSET.index(c) + 1 for t in texts for c in t]
+    return torch.tensor(flat, dtype=torch.long), torch.tensor([len(t) for t in texts], dtype=torch.long)
+
+
+def greedy(probs: np.ndarray) -> tuple[str, list[float]]:
+    idx = probs.argmax(-1)
+    out, conf, prev = [], [], 0
+    for t, i in enumerate(idx):
+        if i != 0 and i != prev:
+            out.append(CHARSET[i - 1])
+            conf.append(float(probs[t, i]))
+        prev = i
+    return "".join(out), conf
+
+
+def accuracy(model, samples) -> float:
+    model.eval()
+    ok = 0
+    with torch.no_grad():
+        for i in range(0, len(samples), 128):
+            chunk = samples[i : i + 128]
+            p = torch.softmax(model(to_tensor([s[0] for s in chunk])), -1).numpy()
+            ok += sum(greedy(p[k])[0] == chunk[k][1] for k in range(len(chunk)))
+    model.train()
+    return ok / max(1, len(samples))
+
+
+def export(model, path: Path, meta: dict):
+    class WithSoftmax(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return torch.softmax(self.m(x), -1)
+
+    w = WithSoftmax(model).eval()
+    save_onnx_with_meta(
+        w,
+        torch.zeros(1, 3, IN_H, IN_W),
+        path,
+        input_names=["crop"],
+        output_names=["probs"],
+        dynamic_axes={"crop": {0: "n"}, "probs": {0: "n"}},
+        meta=meta,
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets"))
+    ap.add_argument("--pseudo", type=Path, default=Path("runs/pseudo.tsv"))
+    ap.add_argument("--out", type=Path, default=Path("runs/reader"))
+    ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--real-frac", type=float, default=0.35)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export", type=Path)
+    ap.add_argument("--val-size", type=int, default=400, help="synthetic validation samples")
+    ap.add_argument("--backgrounds", type=int, default=200, help="real photos used as plate surroundings")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = Logger(a.out / "train.log")
+    model = PlateReader()
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    step, metrics, spent = 0, {}, 0.0
+    ck = a.out / "ckpt.pt"
+    if ck.exists():
+        st = torch.load(ck, map_location="cpu")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, metrics, spent = st["step"], st.get("metrics", {}), st.get("spent", 0.0)
+        log(f"resumed from step {step}")
+    if a.export:
+        meta = {
+            "kind": "plate-reader",
+            "version": "1",
+            "input": "RGB float32 0..1, NCHW, crop resized (stretched) to height x width",
+            "height": IN_H,
+            "width": IN_W,
+            "charset": CHARSET,
+            "blank": 0,
+            "decode": "ctc-greedy; output sequence is row 0 then row 1 of a two-row grid",
+            "rows": 2,
+            "max_len": 10,
+            "crop_margin_x": 0.04,
+            "crop_margin_y": 0.07,
+            "train_steps": step,
+            "training_commit": git_commit(),
+            "metrics": metrics,
+        }
+        export(model, a.export, meta)
+        log(f"exported {a.export}")
+        return
+    bgs = backgrounds(a.data, a.backgrounds) if a.data.exists() and a.backgrounds else []
+    real = RealCrops(a.pseudo)
+    log(f"real crops train {len(real.train)} val {len(real.val)}; backgrounds {len(bgs)}")
+    vrng = np.random.default_rng(12345)
+    val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
+    val_real = [real.sample(it, None) for it in real.val]
+    rng = np.random.default_rng(a.seed + step)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    budget = a.minutes * 60
+    t_start = time.time() - spent
+    t0 = time.time()
+    while step < a.steps and time.time() - t_start < budget:
+        progress = min(1.0, max(step / a.steps, (time.time() - t_start) / budget))
+        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if step > 300 else a.lr * (step + 1) / 300
+        for g in opt.param_groups:
+            g["lr"] = lr
+        imgs, texts = [], []
+        for _ in range(a.batch):
+            if real.train and rng.random() < a.real_frac:
+                im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng)
+            else:
+                im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None)
+            imgs.append(im)
+            texts.append(t)
+        x = to_tensor(imgs)
+        logits = model(x)
+        lp = F.log_softmax(logits, -1).permute(1, 0, 2)  # T, N, C
+        tg, tl = encode(texts)
+        loss = ctc(lp, tg, torch.full((len(texts),), lp.shape[0], dtype=torch.long), tl)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"step {step} loss {loss.item():.3f} lr {lr:.5f} {(time.time() - t0) / 50:.2f}s/step")
+            t0 = time.time()
+        if step % 500 == 0 or step == a.steps:
+            metrics = {"val_synthetic_exact": round(accuracy(model, val_syn), 4), "step": step}
+            if val_real:
+                metrics["val_pseudo_real_exact"] = round(accuracy(model, val_real), 4)
+            log(f"eval {json.dumps(metrics)}")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start}, ck)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start}, ck)
+    log(f"stopped at step {step}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`edge eval` end to end through the real command line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import DATA, ROOT, run_edge
+
+
+@pytest.fixture(scope="module")
+def scene_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "pred.jsonl"
+    r = run_edge("eval", str(DATA / "scenes"), "--out", str(out), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    return r, out
+
+
+def test_eval_writes_one_exact_json_object_per_image(scene_run):
+    r, out = scene_run
+    lines = out.read_text().splitlines()
+    n = len(list((DATA / "scenes" / "synthetic").glob("*.txt")))
+    assert len(lines) == n
+    for line in lines:
+        o = json.loads(line)
+        assert set(o) == {"image", "plates", "ms"}
+        assert o["image"].startswith("synthetic/") and o["image"].endswith(".jpg")
+        assert isinstance(o["ms"], float) and o["ms"] > 0
+        for p in o["plates"]:
+            assert set(p) == {"text", "box", "confidence"}
+            assert len(p["box"]) == 4 and p["box"][0] < p["box"][2] and p["box"][1] < p["box"][3]
+            assert 0 <= p["confidence"] <= 1 and p["text"].isalnum()
+
+
+def test_eval_prints_a_table_per_region(scene_run):
+    r, _ = scene_run
+    head = next(line for line in r.stdout.splitlines() if line.startswith("region"))
+    for col in ("images", "detected", "exact", "CER", "FP/img", "ms(med)"):
+        assert col in head
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split() and line.split()[0] in ("synthetic", "all")}
+    assert set(rows) == {"synthetic", "all"}
+    assert "peak memory" in r.stdout
+
+
+def test_eval_table_agrees_with_the_shared_scorer(scene_run):
+    scorer = ROOT.parent / "shared" / "tools" / "score.py"
+    if not scorer.exists():
+        pytest.skip("shared/tools/score.py not present")
+    r, out = scene_run
+    ref = json.loads(subprocess.check_output([sys.executable, str(scorer), str(DATA / "scenes"), str(out), "--json"], text=True))
+    ours = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split() and line.split()[0] == "all"}["all"]
+    images, detected, exact, lenient, cer, fp = int(ours[1]), *map(float, ours[2:7])
+    a = ref["all"]
+    assert images == a["images"]
+    assert detected == pytest.approx(a["detected"], abs=1e-3)
+    assert exact == pytest.approx(a["exact"], abs=1e-3)
+    assert lenient == pytest.approx(a["lenient"], abs=1e-3)
+    assert cer == pytest.approx(a["cer"], abs=1e-3)
+    assert fp == pytest.approx(a["fp_per_image"], abs=1e-3)
+
+
+def test_missing_folder_is_one_clear_line(tmp_path):
+    r = run_edge("eval", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_folder_without_labels_is_rejected(tmp_path):
+    (tmp_path / "us").mkdir()
+    r = run_edge("eval", str(tmp_path), "--out", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 2 and "no labels" in r.stderr
+
+
+def test_missing_out_and_missing_dir_arguments(tmp_path):
+    assert run_edge("eval", str(DATA / "scenes")).returncode == 2
+    assert run_edge("eval").returncode == 2
+
+
+def test_bad_labels_and_corrupt_images_are_reported_and_the_rest_scored(tmp_path):
+    reg = tmp_path / "xx"
+    reg.mkdir()
+    src = DATA / "scenes" / "synthetic"
+    for stem in ("scene000", "scene001"):
+        shutil.copy(src / f"{stem}.jpg", reg)
+        shutil.copy(src / f"{stem}.txt", reg)
+    (reg / "broken.txt").write_text("broken.jpg\tnot-a-number\n")
+    (reg / "corrupt.jpg").write_bytes(b"\xff\xd8garbage")
+    (reg / "corrupt.txt").write_text("corrupt.jpg\t1\t1\t10\t5\tABC123\n")
+    (reg / "gone.txt").write_text("gone.jpg\t1\t1\t10\t5\tABC123\n")
+    out = tmp_path / "p.jsonl"
+    r = run_edge("eval", str(tmp_path), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "broken.txt" in r.stderr and "gone.jpg not found" in r.stderr and "cannot decode" in r.stderr
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [o["image"] for o in recs] == ["xx/corrupt.jpg", "xx/scene000.jpg", "xx/scene001.jpg"]
+    assert recs[0]["plates"] == [] and recs[0]["error"]
+
+
+def test_crops_eval_on_committed_crops(tmp_path):
+    out = tmp_path / "crops.jsonl"
+    r = run_edge("eval", "--crops", str(DATA / "crops"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "exact" in r.stdout and len(out.read_text().splitlines()) == 60
+
+
+def test_crops_eval_without_groundtruth(tmp_path):
+    r = run_edge("eval", "--crops", str(tmp_path))
+    assert r.returncode == 2 and "groundtruth.csv" in r.stderr

@@ -1,0 +1,96 @@
+"""The committed ONNX models: metadata, size, and reading project-rendered plates."""
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.vision.detector import PlateDetector
+from edge.vision.reader import PlateReader
+from edge.vision.session import ModelError
+
+from .conftest import DATA, MODELS
+
+DET = MODELS / "plate_detector.onnx"
+READ = MODELS / "plate_reader.onnx"
+
+
+def test_models_carry_their_metadata():
+    d = PlateDetector(DET)
+    assert d.model.meta["kind"] == "plate-detector"
+    assert d.stride == 4 and d.long_side >= 320
+    assert "metrics" in d.model.meta and "training_commit" in d.model.meta
+    r = PlateReader(READ)
+    assert r.charset == "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    assert (r.h, r.w) == (48, 160)
+    assert r.model.meta["kind"] == "plate-reader"
+    for m in (d.model, r.model):
+        assert m.session.get_modelmeta().custom_metadata_map  # stored in the file itself
+
+
+def test_int8_variants_load_and_agree_on_kind():
+    for f, kind in ((MODELS / "plate_detector.int8.onnx", "plate-detector"), (MODELS / "plate_reader.int8.onnx", "plate-reader")):
+        if not f.exists():
+            pytest.skip(f"{f.name} not shipped")
+        cls = PlateDetector if kind == "plate-detector" else PlateReader
+        assert cls(f).model.meta["kind"] == kind
+
+
+def test_both_models_together_under_10_mb():
+    assert DET.stat().st_size + READ.stat().st_size < 10 * 1024 * 1024
+
+
+def test_wrong_kind_and_missing_file_are_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a plate-detector"):
+        PlateDetector(READ)
+    with pytest.raises(ModelError, match="not found"):
+        PlateReader(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot load model"):
+        PlateReader(bad)
+
+
+def load_crops():
+    rows = list(csv.DictReader(open(DATA / "crops" / "groundtruth.csv")))
+    return [(cv2.imread(str(DATA / "crops" / r["filename"])), r["text"]) for r in rows]
+
+
+def test_reader_reads_project_rendered_crops_above_floor():
+    reader = PlateReader(READ)
+    crops = load_crops()
+    reads = reader.read([c for c, _ in crops])
+    exact = sum(r.text == t for r, (_, t) in zip(reads, crops)) / len(crops)
+    print(f"rendered crops: exact {exact:.3f} on {len(crops)}")
+    assert exact >= 0.8
+    for r in reads:
+        assert len(r.char_confidences) == len(r.text)
+        assert all(0 <= c <= 1 for c in r.char_confidences)
+
+
+def test_reader_on_a_freshly_rendered_plate():
+    render = pytest.importorskip("models.train.render", reason="renderer needs the [train] extra (Pillow)")
+    rng = np.random.default_rng(7)
+    ok = 0
+    for style in ("us", "eu", "uk", "br", "mercosur", "two"):
+        plate = render.render_plate(rng, style)
+        img = cv2.copyMakeBorder(plate.image[..., ::-1], 6, 6, 10, 10, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+        ok += PlateReader(READ).read([img])[0].text == plate.text
+    assert ok >= 5
+
+
+def test_recognizer_finds_and_reads_rendered_scenes(recognizer):
+    from edge.evaluate import load_truth, matches
+
+    truths = load_truth(DATA / "scenes")
+    read = found = fp = 0
+    for t in truths:
+        plates = recognizer.recognize(cv2.imread(str(t.image)))
+        over = [p for p in plates if matches(p.box, t.box)]
+        found += bool(over)
+        read += any(p.text == t.text for p in over)
+        fp += len(plates) - len(over)
+    n = len(truths)
+    print(f"rendered scenes: detected {found / n:.3f} exact {read / n:.3f} fp/img {fp / n:.3f}")
+    assert found / n >= 0.9 and read / n >= 0.75 and fp / n <= 0.2
