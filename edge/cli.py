@@ -38,6 +38,159 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _setup_logging(args) -> None:
+    import json
+    import logging
+
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    if getattr(args, "log_json", False):
+
+        class JsonFormatter(logging.Formatter):
+            def format(self, r):
+                return json.dumps({"time": self.formatTime(r), "level": r.levelname, "logger": r.name, "msg": r.getMessage()})
+
+        h = logging.StreamHandler()
+        h.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[h])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_config_check(args) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        load_config(args.file)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{e.source}: {p}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _load(args):
+    from edge.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as e:
+        raise UserError(f"{e.source}: " + "; ".join(e.problems)) from None
+
+
+def _replay_config(args):
+    """A config for replays: the --config file, else defaults for a developer's machine."""
+    from edge.config import Config
+
+    if args.config:
+        cfg = _load(args)
+    else:
+        cfg = Config.model_validate({
+            "device": {"id": "replay", "state_dir": "out/replay"},
+            "camera": {"id": "replay", "owner": "developer (replay)", "source": args.video},
+        })
+    if args.mqtt:
+        host, _, port = args.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--mqtt expects HOST:PORT, got {args.mqtt!r}")
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": host, "port": int(port)})})
+    if args.outbox:
+        cfg = cfg.model_copy(update={"outbox": cfg.outbox.model_copy(update={"path": Path(args.outbox)})})
+    return cfg
+
+
+def cmd_run(args) -> int:
+    from edge.runner import RunError, Runner, RunOptions
+
+    _setup_logging(args)
+    cfg = _load(args)
+    try:
+        return Runner(cfg, RunOptions(print_reads=args.print_reads, json_out=args.json)).run()
+    except RunError as e:
+        print(f"edge run: error: {e}", file=sys.stderr)
+        return e.code
+
+
+def cmd_replay(args) -> int:
+    from edge.runner import RunError, Runner, RunOptions
+
+    _setup_logging(args)
+    cfg = _replay_config(args)
+    publish = not args.no_mqtt and bool(args.config or args.mqtt)
+    opts = RunOptions(source=args.video, pace=not args.fast, loop=args.loop, publish=publish, replay=True,
+                      restart=args.restart, flush_timeout_s=args.flush_timeout, json_out=args.json)
+    try:
+        return Runner(cfg, opts).run()
+    except RunError as e:
+        print(f"edge replay: error: {e}", file=sys.stderr)
+        return e.code
+
+
+def cmd_bench(args) -> int:
+    from edge.bench import run_bench
+    from edge.capture.base import CaptureError
+    from edge.capture.sources import VideoFileSource
+
+    try:
+        VideoFileSource(args.video, pace=False).close()
+    except CaptureError as e:
+        raise UserError(str(e)) from None
+    run_bench(Path(args.video), threads=args.threads, max_frames=args.frames, repeats=args.repeats, motion_gate=args.motion_gate)
+    return 0
+
+
+def cmd_subscribe(args) -> int:
+    """Print reads arriving over MQTT (the collector's view, for demos and checks)."""
+    import json
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.record import Read
+    from edge.runner import format_read
+
+    host, _, port = args.mqtt.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--mqtt expects HOST:PORT, got {args.mqtt!r}")
+    seen: set[str] = set()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv311, clean_session=False)
+
+    def on_message(client, userdata, msg):
+        try:
+            r = Read.from_json(msg.payload)
+        except ValueError as e:
+            print(f"rejected message on {msg.topic}: {str(e).splitlines()[0]}", flush=True)
+            return
+        if r.read_id in seen:
+            return
+        seen.add(r.read_id)
+        if args.json:
+            d = json.loads(r.to_json())
+            d.get("images", {}).pop("plate_jpeg", None)
+            print(json.dumps(d), flush=True)
+        else:
+            print(f"[mqtt {msg.topic}] {format_read(r)}", flush=True)
+
+    c.on_message = on_message
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(args.topic, qos=1)
+    try:
+        c.connect(host, int(port))
+    except OSError as e:
+        print(f"edge subscribe: error: cannot reach broker {args.mqtt}: {e.strerror or e}", file=sys.stderr)
+        return 4
+    c.loop_start()
+    end = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while (end is None or time.monotonic() < end) and (not args.count or len(seen) < args.count):
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    c.disconnect()
+    c.loop_stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Edge licence-plate reader")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -50,6 +203,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
     e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("run", help="run the device service (camera -> MQTT)")
+    r.add_argument("--config", required=True, help="device TOML file")
+    r.add_argument("--print-reads", action="store_true", help="also print each read on stdout")
+    r.add_argument("--json", action="store_true", help="print reads as JSON (without images)")
+    r.add_argument("--log-json", action="store_true", help="structured (JSON) log lines")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("replay", help="play a video file through the whole pipeline")
+    rp.add_argument("video")
+    rp.add_argument("--config", help="device TOML file (default: developer defaults, no MQTT)")
+    rp.add_argument("--mqtt", help="publish to this broker, HOST:PORT")
+    rp.add_argument("--no-mqtt", action="store_true", help="do not publish, even if the config has a broker")
+    rp.add_argument("--outbox", help="outbox SQLite file (default: <state_dir>/outbox.db)")
+    rp.add_argument("--fast", action="store_true", help="as fast as possible instead of the recorded frame rate")
+    rp.add_argument("--loop", action="store_true", help="start again at the end")
+    rp.add_argument("--restart", action="store_true", help="ignore where an interrupted replay of this file got to")
+    rp.add_argument("--flush-timeout", type=float, default=10.0, help="seconds to wait for the broker at the end")
+    rp.add_argument("--json", action="store_true", help="print reads as JSON (without images)")
+    rp.add_argument("--log-json", action="store_true")
+    rp.add_argument("-v", "--verbose", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
+    b = sub.add_parser("bench", help="frames per second of the whole pipeline vs decode only")
+    b.add_argument("video")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--frames", type=int, default=300, help="frames per repeat (default 300)")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--motion-gate", action="store_true", help="enable motion gating (off: every frame is inferred)")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser("check", help="validate a device TOML file, printing every problem with its key")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("subscribe", help="print reads arriving over MQTT")
+    s.add_argument("--mqtt", required=True, help="broker HOST:PORT")
+    s.add_argument("--topic", default="lpr/v1/+/reads")
+    s.add_argument("--client-id", default="edge-subscribe")
+    s.add_argument("--count", type=int, default=0, help="exit after this many distinct reads")
+    s.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_subscribe)
     return p
 
 

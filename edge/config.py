@@ -1,0 +1,190 @@
+"""One typed configuration for a device, loaded from TOML with environment overrides.
+
+Environment overrides: `EDGE_<SECTION>__<KEY>=value`, e.g. `EDGE_MQTT__HOST=broker.example`,
+`EDGE_CAMERA__SOURCE=/dev/video0`. Values are parsed as TOML scalars when they can be
+(`EDGE_MQTT__PORT=8883` is the integer 8883), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "EDGE_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceSection(Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="unique device id, used in MQTT topics")
+    state_dir: Path = Path("/var/lib/edge")
+
+
+class CameraSection(Section):
+    id: str = Field(min_length=1, max_length=64)
+    owner: str = Field(min_length=1, max_length=128, description="who owns the camera and answers for its reads")
+    operator: str | None = None
+    site: str | None = None
+    mounting: Literal["fixed", "vehicle"] = "fixed"
+    bearing_deg: float | None = Field(default=None, ge=0, lt=360)
+    source: str = Field(default="picamera2", description="picamera2 | /dev/videoN | device index | rtsp://... | http://... | a video file")
+    width: int = Field(default=1280, ge=160, le=4096)
+    height: int = Field(default=720, ge=120, le=3072)
+    fps: float = Field(default=15, gt=0, le=120)
+    exposure_us: int | None = Field(default=2000, ge=50, le=1_000_000, description="picamera2: short exposure for moving vehicles")
+    lores_width: int = Field(default=640, ge=160, le=1920, description="picamera2: detection stream width")
+    retry_max_s: float = Field(default=30, gt=0)
+
+
+class GpsSection(Section):
+    mode: Literal["none", "fixed", "gpsd", "nmea"] = "none"
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    alt_m: float | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=2947, ge=1, le=65535)
+    device: str | None = None
+    baud: int = 9600
+    max_age_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.mode == "fixed" and (self.lat is None or self.lon is None):
+            raise ValueError("mode 'fixed' needs lat and lon")
+        if self.mode == "nmea" and not self.device:
+            raise ValueError("mode 'nmea' needs device (e.g. /dev/ttyUSB0)")
+        return self
+
+
+class MqttSection(Section):
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    client_id: str = ""
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    topic_prefix: str = Field(default="lpr/v1", pattern=r"^[^#+]+$")
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = Field(default=None, description="read the password from this file (systemd credential)")
+    tls: bool = False
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    health_interval_s: float = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _files(self):
+        for k in ("cafile", "certfile", "keyfile", "password_file"):
+            p = getattr(self, k)
+            if p is not None and not Path(p).is_file():
+                raise ValueError(f"{k} {p} does not exist")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        return self
+
+
+class OutboxSection(Section):
+    path: Path | None = Field(default=None, description="default: <state_dir>/outbox.db")
+    max_age_days: float = Field(default=30, gt=0)
+    max_mb: float = Field(default=512, gt=0)
+    min_free_mb: float = Field(default=64, ge=0)
+
+
+class PipelineSection(Section):
+    threads: int = Field(default=1, ge=1, le=8, description="onnxruntime intra-op threads")
+    queue_size: int = Field(default=4, ge=1, le=64, description="frames waiting for inference; the oldest is dropped")
+    detect_every: int = Field(default=1, ge=1, le=30, description="run the models on every Nth frame")
+    motion_gate: bool = True
+    motion_threshold: float = Field(default=0.004, ge=0, le=1, description="fraction of changed pixels that counts as motion")
+    idle_detect_every_s: float = Field(default=1.0, gt=0, description="with no motion, still look this often")
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    model_dir: Path | None = None
+
+
+class TrackingSection(Section):
+    max_gap_s: float = Field(default=1.0, gt=0)
+    max_duration_s: float = Field(default=60, gt=0)
+    min_frames: int = Field(default=2, ge=1)
+    min_confidence: float = Field(default=0.6, ge=0, le=1)
+
+
+class RecordSection(Section):
+    plate_jpeg_quality: int = Field(default=85, ge=10, le=100)
+    vehicle_image: bool = Field(default=False, description="also send a vehicle image (more personal data: off by default)")
+    vehicle_max_px: int = Field(default=640, ge=64, le=1920)
+
+
+class Config(Section):
+    device: DeviceSection
+    camera: CameraSection
+    gps: GpsSection = GpsSection()
+    mqtt: MqttSection = MqttSection()
+    outbox: OutboxSection = OutboxSection()
+    pipeline: PipelineSection = PipelineSection()
+    tracking: TrackingSection = TrackingSection()
+    record: RecordSection = RecordSection()
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or (self.device.state_dir / "outbox.db")
+
+
+class ConfigError(Exception):
+    """Every problem found, one per line, each naming its key."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _parse_scalar(v: str):
+    try:
+        return tomllib.loads(f"v = {v}")["v"]
+    except tomllib.TOMLDecodeError:
+        return v
+
+
+def apply_env(data: dict, env: dict[str, str]) -> dict:
+    for k, v in env.items():
+        if not k.startswith(ENV_PREFIX) or "__" not in k:
+            continue
+        section, _, key = k[len(ENV_PREFIX) :].lower().partition("__")
+        data.setdefault(section, {})
+        if isinstance(data[section], dict):
+            data[section][key] = _parse_scalar(v)
+    return data
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    data = apply_env(data, dict(os.environ) if env is None else env)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(str(path), problems) from None

@@ -1,0 +1,252 @@
+"""MQTT publisher: drains the outbox at QoS 1, deleting a record only after the broker's PUBACK.
+
+paho-mqtt 2.x; MQTT 5 with a fallback to 3.1.1 when the broker refuses the protocol version;
+TLS with server verification and optional client certificates, or username/password; a retained
+status topic (`online`, with last-will `offline`) and a periodic health message.
+
+Topics (prefix `lpr/v1` by default):
+    <prefix>/<device_id>/reads    one Read record (JSON), QoS 1, not retained
+    <prefix>/<device_id>/status   {"state": "online"|"offline", ...}, QoS 1, retained
+    <prefix>/<device_id>/health   periodic health JSON, QoS 0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.outbox import Outbox
+
+log = logging.getLogger("edge.mqtt")
+
+
+@dataclass
+class MqttSettings:
+    host: str = "localhost"
+    port: int = 1883
+    keepalive: int = 30
+    client_id: str = ""
+    protocol: str = "auto"  # "5", "3.1.1" or "auto" (5, falling back to 3.1.1)
+    topic_prefix: str = "lpr/v1"
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls: bool = False
+    max_inflight: int = 20
+    health_interval_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+
+def topics(prefix: str, device_id: str) -> dict[str, str]:
+    base = f"{prefix.rstrip('/')}/{device_id}"
+    return {"reads": f"{base}/reads", "status": f"{base}/status", "health": f"{base}/health"}
+
+
+@dataclass
+class PublisherStats:
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    acked: int = 0
+    refused: int = 0
+    protocol: str = ""
+    last_error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        device_id: str,
+        outbox: Outbox,
+        health: Callable[[], dict] | None = None,
+    ):
+        self.s = settings
+        self.device_id = device_id
+        self.outbox = outbox
+        self.health = health
+        self.t = topics(settings.topic_prefix, device_id)
+        self.stats = PublisherStats()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        self._thread: threading.Thread | None = None
+        self._proto = mqtt.MQTTv5 if settings.protocol in ("5", "auto") else mqtt.MQTTv311
+        self._client = self._make_client()
+
+    # -------------------------------------------------------------- client
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.s
+        cid = s.client_id or f"edge-{self.device_id}"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=self._proto,
+                        clean_session=None if self._proto == mqtt.MQTTv5 else True)
+        c.will_set(self.t["status"], json.dumps({"state": "offline", "device_id": self.device_id}), qos=1, retain=True)
+        if s.username:
+            c.username_pw_set(s.username, s.password)
+        if s.tls or s.cafile or s.certfile:
+            c.tls_set(ca_certs=s.cafile, certfile=s.certfile, keyfile=s.keyfile, cert_reqs=ssl.CERT_REQUIRED,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_inflight_messages_set(s.max_inflight)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        return c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.stats.last_error = f"connect refused: {reason_code}"
+            log.warning("broker refused connection: %s", reason_code)
+            if self.s.protocol == "auto" and self._proto == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
+                self._fallback = True
+            return
+        self.stats.connected = True
+        self.stats.connects += 1
+        self.stats.protocol = "5" if self._proto == mqtt.MQTTv5 else "3.1.1"
+        client.publish(self.t["status"], json.dumps({"state": "online", "device_id": self.device_id, "time": time.time()}),
+                       qos=1, retain=True)
+        log.info("connected to %s:%s (MQTT %s)", self.s.host, self.s.port, self.stats.protocol)
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self.stats.connected:
+            self.stats.disconnects += 1
+            log.warning("disconnected from broker: %s", reason_code)
+        self.stats.connected = False
+        with self._lock:
+            self._inflight.clear()  # unacknowledged records stay in the outbox and are sent again
+            self._early.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                self._early.add(mid)
+                return
+        self._acked(seq, reason_code)
+
+    def _acked(self, seq: int, reason_code) -> None:
+        if reason_code is not None and getattr(reason_code, "is_failure", False):
+            self.stats.refused += 1
+            self.stats.last_error = f"publish refused: {reason_code}"
+            log.warning("broker refused read seq %s: %s (kept in outbox)", seq, reason_code)
+            return
+        self.outbox.ack(seq)
+        self.stats.acked += 1
+        self._wake.set()
+
+    # -------------------------------------------------------------- loop
+
+    def start(self) -> None:
+        self._fallback = False
+        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A new record is in the outbox."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_health = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            if self._fallback:
+                self._switch_to_311()
+            if self.stats.connected:
+                self._send_batch()
+                if self.health and time.monotonic() >= next_health:
+                    try:
+                        self._client.publish(self.t["health"], json.dumps(self.health()), qos=0)
+                    except Exception as e:  # health must never stop publishing reads
+                        log.warning("health message failed: %s", e)
+                    next_health = time.monotonic() + self.s.health_interval_s
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _switch_to_311(self) -> None:
+        log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
+        self._fallback = False
+        self._client.loop_stop()
+        self._proto = mqtt.MQTTv311
+        self._client = self._make_client()
+        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self._client.loop_start()
+
+    def _send_batch(self) -> None:
+        with self._lock:
+            busy = set(self._inflight.values())
+            room = self.s.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for item in self.outbox.peek(limit=room + len(busy)):
+            if item.seq in busy:
+                continue
+            if not self.stats.connected:
+                return
+            info = self._client.publish(item.topic, item.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # not connected after all: the record stays queued
+            self.stats.published += 1
+            self.outbox.mark_attempt(item.seq)
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    early = True
+                else:
+                    self._inflight[info.mid] = item.seq
+                    early = False
+            if early:
+                self._acked(item.seq, None)
+            room -= 1
+            if room <= 0:
+                return
+
+    def wait_connected(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.stats.connected:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged) or the timeout passes."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.outbox.backlog() == 0:
+                return True
+            self._wake.set()
+            time.sleep(0.05)
+        return self.outbox.backlog() == 0
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        if self.stats.connected:
+            self.flush(flush_timeout)
+            try:
+                info = self._client.publish(self.t["status"], json.dumps({"state": "offline", "device_id": self.device_id}),
+                                            qos=1, retain=True)
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(5)
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,166 @@
+"""Durable outbox: every read is committed to SQLite (WAL, synchronous=FULL) before it counts.
+
+A publisher takes the oldest records, sends them, and deletes each only after the broker has
+acknowledged it. Records survive broker outages, kill -9 and power loss. The outbox is bounded by
+age and size; every record it has to drop is counted (by reason) in the same database, so the loss
+is reported, never silent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    read_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    seq: int
+    read_id: str
+    topic: str
+    payload: bytes
+    created: float
+    attempts: int
+
+
+class OutboxError(Exception):
+    pass
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: str | Path,
+        max_age_s: float = 30 * 86400,
+        max_bytes: int = 512 * 1024 * 1024,
+        min_free_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.path = Path(path)
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.clock = clock
+        self.lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise OutboxError(f"cannot open outbox {self.path}: {e}") from None
+
+    # -------------------------------------------------------------- writing
+
+    def put(self, read_id: str, topic: str, payload: bytes) -> bool:
+        """Store a record durably (returns after the commit is on disk). False if already queued."""
+        with self.lock:
+            self._enforce_bounds(len(payload))
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO outbox (read_id, topic, payload, created) VALUES (?, ?, ?, ?)",
+                (read_id, topic, payload, self.clock()),
+            )
+            if cur.rowcount:
+                self._bump("accepted", 1)
+            return bool(cur.rowcount)
+
+    def _enforce_bounds(self, incoming: int) -> None:
+        """Drop what is too old, then oldest-first while over size or short of disk. Counted."""
+        cutoff = self.clock() - self.max_age_s
+        n = self.db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,)).rowcount
+        if n:
+            self._bump("dropped_age", n)
+        size = self.db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()[0]
+        free = shutil.disk_usage(self.path.parent).free
+        while size + incoming > self.max_bytes or free - incoming < self.min_free_bytes:
+            row = self.db.execute("SELECT seq, LENGTH(payload) FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                break
+            self.db.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
+            self._bump("dropped_space", 1)
+            size -= row[1]
+            free += row[1]
+
+    def _bump(self, name: str, n: int) -> None:
+        self.db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    # -------------------------------------------------------------- reading
+
+    def peek(self, limit: int = 50) -> list[Item]:
+        """Oldest records first."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT seq, read_id, topic, payload, created, attempts FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [Item(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    def mark_attempt(self, seq: int) -> None:
+        with self.lock:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+
+    def ack(self, seq: int) -> None:
+        """The broker acknowledged this record: delete it."""
+        with self.lock:
+            n = self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+            if n:
+                self._bump("delivered", n)
+
+    def backlog(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    def counters(self) -> dict[str, int]:
+        with self.lock:
+            c = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+        for k in ("accepted", "delivered", "dropped_age", "dropped_space"):
+            c.setdefault(k, 0)
+        return c
+
+    def get_state(self, key: str) -> str | None:
+        with self.lock:
+            row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Small durable key/value notes (e.g. where a replay got to)."""
+        with self.lock:
+            if value is None:
+                self.db.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                self.db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                (key, value))
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.db.close()

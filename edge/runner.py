@@ -1,0 +1,269 @@
+"""Builds the device service from a Config and runs it (`edge run`, `edge replay`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from edge.capture.base import CaptureError, FrameSource
+from edge.capture.sources import VideoFileSource, open_source
+from edge.config import Config
+from edge.gps import FixedGps, GpsdClient, GpsSource, NmeaSerial, NoGps
+from edge.mqtt import MqttSettings, Publisher, topics
+from edge.outbox import Outbox
+from edge.record import Camera, Read, uuid7
+from edge.service import Identity, Pipeline, PipelineOptions, SdNotify
+from edge.tracking import Pass, Tracker, TrackerConfig
+
+log = logging.getLogger("edge.runner")
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad config or arguments
+EXIT_SOURCE = 3  # camera missing, video unreadable
+EXIT_BROKER = 4  # reads could not be delivered (kept in the outbox)
+EXIT_RUNTIME = 5  # models or outbox unusable
+
+
+class RunError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def build_gps(cfg: Config) -> GpsSource:
+    g = cfg.gps
+    if g.mode == "fixed":
+        return FixedGps(g.lat, g.lon, g.alt_m, max_age_s=g.max_age_s)
+    if g.mode == "gpsd":
+        return GpsdClient(g.host, g.port, max_age_s=g.max_age_s)
+    if g.mode == "nmea":
+        return NmeaSerial(g.device, g.baud, max_age_s=g.max_age_s)
+    return NoGps(max_age_s=g.max_age_s)
+
+
+def mqtt_settings(cfg: Config) -> MqttSettings:
+    m = cfg.mqtt
+    password = m.password
+    if m.password_file is not None:
+        password = Path(m.password_file).read_text().strip()
+    return MqttSettings(
+        host=m.host, port=m.port, keepalive=m.keepalive, client_id=m.client_id, protocol=m.protocol,
+        topic_prefix=m.topic_prefix, username=m.username, password=password, tls=m.tls,
+        cafile=str(m.cafile) if m.cafile else None, certfile=str(m.certfile) if m.certfile else None,
+        keyfile=str(m.keyfile) if m.keyfile else None, health_interval_s=m.health_interval_s,
+    )
+
+
+def model_label(model) -> str:
+    meta = model.meta
+    digest = hashlib.sha256(Path(model.path).read_bytes()).hexdigest()[:8]
+    return f"{meta.get('kind', 'model')}-{meta.get('version', '?')}-{digest}"[:64]
+
+
+def replay_key(path: Path) -> str:
+    st = path.stat()
+    return f"replay:{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def replay_read_id(key: str) -> Callable[[Pass], str]:
+    """Replays give the same read the same id every time, so a restarted replay never doubles a read."""
+
+    def make(p: Pass) -> str:
+        ms = int(p.first.utc.timestamp() * 1000) if p.first.utc else 0
+        rnd = hashlib.sha256(f"{key}|{p.first.frame_seq}|{p.text}".encode()).digest()[:10]
+        return uuid7(ms, rnd)
+
+    return make
+
+
+def format_read(r: Read) -> str:
+    p = r.plate
+    region = p.region or "-"
+    return (f"{r.time.strftime('%H:%M:%S.%f')[:-3]}  {p.text:<10} conf {p.confidence:.2f}  frames {r.track.frames:3d}  "
+            f"{r.track.direction}/{r.track.lateral}  region {region}  gps {r.gps.status}  id {r.read_id}")
+
+
+@dataclass
+class RunOptions:
+    source: str | None = None  # override cfg.camera.source
+    pace: bool = True
+    loop: bool = False
+    publish: bool = True
+    replay: bool = False
+    restart: bool = False  # replay: ignore a saved position
+    flush_timeout_s: float = 10.0
+    json_out: bool = False
+    print_reads: bool = True
+
+
+class Runner:
+    def __init__(self, cfg: Config, opts: RunOptions, out=None):
+        self.cfg = cfg
+        self.o = opts
+        self.out = out or sys.stdout
+        self.stop_event = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.publisher: Publisher | None = None
+
+    def _print(self, r: Read) -> None:
+        if not self.o.print_reads:
+            return
+        if self.o.json_out:
+            d = json.loads(r.to_json())
+            d.get("images", {}).pop("plate_jpeg", None)
+            d.get("images", {}).pop("vehicle_jpeg", None)
+            self.out.write(json.dumps(d) + "\n")
+        else:
+            self.out.write(format_read(r) + "\n")
+        self.out.flush()
+
+    def run(self) -> int:
+        cfg = self.cfg
+        from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir
+        from edge.vision.session import ModelError
+
+        try:
+            rec = PlateRecognizer(RecognizerConfig(model_dir=cfg.pipeline.model_dir or default_model_dir(),
+                                                   threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence))
+        except ModelError as e:
+            raise RunError(str(e), EXIT_RUNTIME) from None
+        from edge.outbox import OutboxError
+
+        try:
+            outbox = Outbox(cfg.outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
+                            min_free_bytes=int(cfg.outbox.min_free_mb * 1e6))
+        except OutboxError as e:
+            raise RunError(str(e), EXIT_RUNTIME) from None
+        source_spec = self.o.source or cfg.camera.source
+        state_key = None
+        start_frame, utc0 = 0, None
+        if self.o.replay:
+            p = Path(source_spec)
+            if p.is_file():
+                state_key = replay_key(p)
+                saved = outbox.get_state(state_key)
+                if saved and not self.o.restart:
+                    st = json.loads(saved)
+                    start_frame, utc0 = int(st["resume"]), datetime.fromisoformat(st["utc0"])
+                    log.info("resuming replay of %s at frame %d", p, start_frame)
+        try:
+            if state_key:
+                source: FrameSource = VideoFileSource(source_spec, pace=self.o.pace, loop=self.o.loop, stop=self.stop_event,
+                                                      start_frame=start_frame, utc0=utc0)
+            else:
+                c = cfg.camera
+                source = open_source(source_spec, pace=self.o.pace, loop=self.o.loop, width=c.width, height=c.height, fps=c.fps,
+                                     exposure_us=c.exposure_us, lores_width=c.lores_width, retry_max_s=c.retry_max_s,
+                                     stop=self.stop_event)
+        except CaptureError as e:
+            outbox.close()
+            raise RunError(str(e), EXIT_SOURCE) from None
+        gps = build_gps(cfg)
+        gps.start()
+        c = cfg.camera
+        identity = Identity(
+            device_id=cfg.device.id,
+            camera=Camera(id=c.id, owner=c.owner, operator=c.operator, site=c.site, mounting=c.mounting, bearing_deg=c.bearing_deg),
+            detector_model=model_label(rec.detector.model),
+            reader_model=model_label(rec.reader.model),
+        )
+        t = topics(cfg.mqtt.topic_prefix, cfg.device.id)
+        pub = None
+        if self.o.publish:
+            pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox)
+        checkpoint = None
+        if state_key:
+            u0 = source.utc0  # type: ignore[attr-defined]
+
+            def checkpoint(seq: int) -> None:
+                outbox.set_state(state_key, json.dumps({"resume": seq, "utc0": (source.utc0 or u0).isoformat()}))  # type: ignore[attr-defined]
+
+        pl = Pipeline(
+            source, rec, outbox, identity, gps,
+            PipelineOptions(
+                queue_size=cfg.pipeline.queue_size, detect_every=cfg.pipeline.detect_every, motion_gate=cfg.pipeline.motion_gate,
+                motion_threshold=cfg.pipeline.motion_threshold, idle_detect_every_s=cfg.pipeline.idle_detect_every_s,
+                plate_jpeg_quality=cfg.record.plate_jpeg_quality, vehicle_image=cfg.record.vehicle_image,
+                vehicle_max_px=cfg.record.vehicle_max_px, topic=t["reads"],
+            ),
+            tracker=Tracker(TrackerConfig(max_gap_s=cfg.tracking.max_gap_s, max_duration_s=cfg.tracking.max_duration_s,
+                                          min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence)),
+            on_read=self._print,
+            notify=pub.notify if pub else None,
+            read_id=replay_read_id(state_key) if state_key else None,
+            checkpoint=checkpoint,
+        )
+        self.pipeline = pl
+        if pub:
+            pub.health = pl.health
+            pub.start()
+            self.publisher = pub
+        sd = SdNotify()
+        self._install_signals()
+        hb = threading.Thread(target=self._heartbeat, args=(sd, pl, pub), daemon=True)
+        hb.start()
+        sd.send("READY=1")
+        log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, cfg.outbox_path)
+        if pub and not pub.wait_connected(3.0):
+            log.warning("broker %s:%s not reachable yet; reads are kept in the outbox until it is", cfg.mqtt.host, cfg.mqtt.port)
+        pl.run(blocking_queue=bool(state_key) or not self.o.pace)
+        sd.send("STOPPING=1")
+        finished_file = state_key is not None and not self.stop_event.is_set() and pl.capture_error is None
+        if state_key and finished_file:
+            outbox.set_state(state_key, None)  # replay complete: the next one starts afresh
+        code = EXIT_OK
+        if pl.capture_error is not None:
+            code = EXIT_SOURCE
+            print(f"edge: error: capture failed: {pl.capture_error}", file=sys.stderr)
+        if pub:
+            delivered = pub.flush(self.o.flush_timeout_s)
+            pub.stop(flush_timeout=0.5)
+            if not delivered:
+                n = outbox.backlog()
+                print(f"edge: error: broker {cfg.mqtt.host}:{cfg.mqtt.port} unreachable or not acknowledging; "
+                      f"{n} read(s) kept in outbox {cfg.outbox_path} and sent on the next start", file=sys.stderr)
+                code = code or EXIT_BROKER
+        gps.stop()
+        outbox.close()
+        return code
+
+    def _heartbeat(self, sd: SdNotify, pl: Pipeline, pub: Publisher | None) -> None:
+        interval = min(5.0, sd.watchdog_s / 2) if sd.watchdog_s else 5.0
+        last_processed = -1
+        last_progress = time.monotonic()
+        while not pl.stop_event.wait(interval):
+            n = pl.counts["processed"]
+            if n != last_processed or pl.frames.qsize() == 0:
+                last_progress = time.monotonic()
+            last_processed = n
+            # only pet the watchdog while the inference loop makes progress
+            if time.monotonic() - last_progress < max(30.0, 3 * interval):
+                sd.send("WATCHDOG=1")
+            h = pl.health()
+            sd.send(f"STATUS=fps {h['fps_processed']}, backlog {h['outbox_backlog']}, gps {h['gps']}")
+            log.debug("health %s", json.dumps(h))
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum, frame):
+            log.info("signal %s: stopping", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.pipeline:
+            self.pipeline.stop()

@@ -1,0 +1,132 @@
+"""Wire record (schema file, validation) and the device configuration."""
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from edge.config import ConfigError, load_config
+from edge.record import SCHEMA_FILE, Read, schema_text, uuid7
+
+from .conftest import run_edge
+
+
+def test_committed_schema_matches_the_model():
+    assert SCHEMA_FILE.read_text() == schema_text(), "run: python -m edge.record --write"
+
+
+def test_uuid7_is_time_ordered_and_well_formed():
+    a = uuid7(1_700_000_000_000)
+    b = uuid7(1_700_000_000_001)
+    assert a < b and a[14] == "7" and a[19] in "89ab"
+    assert uuid7(5, b"\x00" * 10) == uuid7(5, b"\x00" * 10)
+
+
+def jpeg_b64(size=(20, 60)):
+    ok, buf = cv2.imencode(".jpg", np.full((*size, 3), 128, np.uint8))
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def sample(**over):
+    now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    d = {
+        "schema": "lpr.read/1",
+        "read_id": uuid7(),
+        "time": now.isoformat(),
+        "plate": {"text": "ABC123", "confidence": 0.97, "char_confidences": [0.9] * 6, "box": {"x1": 1, "y1": 2, "x2": 30, "y2": 12}},
+        "images": {"plate_jpeg": jpeg_b64()},
+        "track": {"first_seen": now.isoformat(), "last_seen": (now + timedelta(seconds=2)).isoformat(), "frames": 12,
+                  "direction": "towards", "lateral": "none"},
+        "gps": {"status": "ok", "lat": 47.1, "lon": 15.4, "mode": 3, "fix_age_s": 0.4, "source": "gpsd"},
+        "camera": {"id": "cam1", "owner": "Border Agency", "mounting": "fixed"},
+        "device": {"id": "dev-1", "software": "0.1.0", "detector_model": "d", "reader_model": "r"},
+    }
+    d.update(over)
+    return d
+
+
+def test_valid_record_round_trips():
+    r = Read.model_validate(sample())
+    again = Read.from_json(r.to_json())
+    assert again == r and json.loads(r.to_json())["schema"] == "lpr.read/1"
+
+
+@pytest.mark.parametrize("change", [
+    {"schema": "lpr.read/2"},
+    {"read_id": "not-a-uuid"},
+    {"time": "2026-11-27T10:00:00"},  # no offset
+    {"time": datetime(2026, 11, 27, 10, tzinfo=timezone(timedelta(hours=2))).isoformat()},  # not UTC
+    {"plate": {"text": "ab-12", "confidence": 0.9, "char_confidences": [], "box": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}}},
+    {"plate": {"text": "ABC123", "confidence": 1.5, "char_confidences": [], "box": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}}},
+    {"images": {"plate_jpeg": "%%%not base64"}},
+    {"images": {"plate_jpeg": base64.b64encode(b"PNG not jpeg").decode()}},
+    {"images": {"plate_jpeg": base64.b64encode(b"\xff\xd8" + b"0" * 70000).decode()}},
+    {"gps": {"status": "ok", "lat": 123.0, "source": "gpsd"}},
+    {"unexpected": 1},
+])
+def test_invalid_records_are_rejected(change):
+    with pytest.raises(ValidationError):
+        Read.model_validate(sample(**change))
+
+
+GOOD = """
+[device]
+id = "gate-7"
+state_dir = "{state}"
+[camera]
+id = "cam-1"
+owner = "Border Agency"
+source = "fixtures/videos/01_gate_day.mp4"
+[gps]
+mode = "fixed"
+lat = 47.07
+lon = 15.44
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+"""
+
+
+def test_config_loads_and_env_overrides(tmp_path):
+    f = tmp_path / "d.toml"
+    f.write_text(GOOD.format(state=tmp_path))
+    cfg = load_config(f, env={"EDGE_MQTT__PORT": "8883", "EDGE_CAMERA__SITE": "north gate", "OTHER": "x"})
+    assert cfg.mqtt.port == 8883 and cfg.camera.site == "north gate" and cfg.gps.lat == 47.07
+    assert cfg.outbox_path == tmp_path / "outbox.db"
+
+
+def test_config_reports_every_problem_with_its_key(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("""
+[device]
+id = "bad id with spaces"
+[camera]
+owner = "x"
+colour = "red"
+[gps]
+mode = "fixed"
+[mqtt]
+port = 99999
+""")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, env={})
+    text = "\n".join(e.value.problems)
+    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port"):
+        assert key in text
+
+
+def test_config_check_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD.format(state=tmp_path))
+    r = run_edge("config", "check", str(good))
+    assert r.returncode == 0 and "ok" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device\nid=")
+    r = run_edge("config", "check", str(bad))
+    assert r.returncode == 2 and "not valid TOML" in r.stderr and r.stderr.count("\n") == 1
+    r = run_edge("config", "check", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "file not found" in r.stderr

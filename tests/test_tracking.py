@@ -1,0 +1,96 @@
+"""The tracker with plain lists: no video."""
+
+from edge.tracking import Observation, Tracker, TrackerConfig, vote
+
+
+def obs(text, box, t, conf=0.9, w=1280):
+    return Observation(text, conf, tuple([conf] * len(text)), box, t, frame_size=(w, 720))
+
+
+def approaching(text, t0, n, x=600.0, dx=0.0, misreads=None):
+    out = []
+    for i in range(n):
+        s = 1 + 0.05 * i
+        cx = x + dx * i
+        w, h = 80 * s, 20 * s
+        tx = (misreads or {}).get(i, text)
+        out.append(obs(tx, (cx - w / 2, 400 - h / 2 + 5 * i, cx + w / 2, 400 + h / 2 + 5 * i), t0 + i / 10))
+    return out
+
+
+def run(tracker, frames, end):
+    passes = []
+    t = 0.0
+    for t, group in sorted(frames.items()):
+        passes += tracker.update(group, t)
+    passes += tracker.update([], end)
+    return passes
+
+
+def test_one_vehicle_one_pass_with_vote_and_direction():
+    tr = Tracker()
+    seq = approaching("ABC1234", 0.0, 12, misreads={3: "A8C1234", 7: "ABC1Z34"})
+    passes = run(tr, {o.t: [o] for o in seq}, end=5.0)
+    assert len(passes) == 1
+    p = passes[0]
+    assert p.text == "ABC1234" and p.frames == 12
+    assert p.direction == "towards" and p.lateral == "none"
+    assert {c.text for c in p.candidates} == {"A8C1234", "ABC1Z34"}
+    assert p.first.t == 0.0 and p.last.t == seq[-1].t
+    assert p.best.text == "ABC1234"
+
+
+def test_two_vehicles_crossing_stay_separate():
+    a = approaching("LEFT111", 0.0, 15, x=200, dx=40)
+    b = approaching("RIGHT22", 0.0, 15, x=800, dx=-40)
+    frames = {}
+    for o in a + b:
+        frames.setdefault(round(o.t, 3), []).append(o)
+    passes = sorted(run(Tracker(), frames, end=5.0), key=lambda p: p.text)
+    assert [p.text for p in passes] == ["LEFT111", "RIGHT22"]
+    assert passes[0].lateral == "right" and passes[1].lateral == "left"
+
+
+def test_single_frame_misread_is_not_a_pass():
+    passes = run(Tracker(), {0.0: [obs("XYZ987", (10, 10, 90, 30), 0.0)]}, end=3.0)
+    assert passes == []
+
+
+def test_gap_splits_passes_and_max_duration_emits_once():
+    tr = Tracker(TrackerConfig(max_gap_s=0.5, max_duration_s=2.0))
+    frames = {}
+    for i in range(40):  # a parked car read for 4 s
+        t = i / 10
+        frames[t] = [obs("PARK123", (100, 100, 180, 120), t)]
+    passes = run(tr, frames, end=10.0)
+    assert len(passes) == 1 and passes[0].reason == "max_duration"
+    tr2 = Tracker(TrackerConfig(max_gap_s=0.5))
+    frames2 = {0.0: [obs("GAP1234", (100, 100, 180, 120), 0.0)], 0.1: [obs("GAP1234", (100, 100, 180, 120), 0.1)],
+               2.0: [obs("GAP1234", (100, 100, 180, 120), 2.0)], 2.1: [obs("GAP1234", (100, 100, 180, 120), 2.1)]}
+    assert [p.text for p in run(tr2, frames2, end=5.0)] == ["GAP1234", "GAP1234"]
+
+
+def test_away_direction_and_flush():
+    seq = list(reversed(approaching("AWAY123", 0.0, 10)))
+    for i, o in enumerate(seq):
+        o.t = i / 10
+    tr = Tracker()
+    for o in seq:
+        assert tr.update([o], o.t) == []
+    passes = tr.flush()
+    assert len(passes) == 1 and passes[0].direction == "away" and passes[0].reason == "flush"
+
+
+def test_vote_prefers_confident_characters():
+    o = [obs("AB12", (0, 0, 1, 1), 0, conf=0.9), obs("AB12", (0, 0, 1, 1), 0, conf=0.8), obs("A812", (0, 0, 1, 1), 0, conf=0.95)]
+    text, conf, cc, cands = vote(o)
+    assert text == "AB12" and len(cc) == 4 and cands[0].text == "A812"
+    assert 0 < conf <= 1
+
+
+def test_low_confidence_track_is_dropped():
+    seq = approaching("LOW1234", 0.0, 5)
+    for o in seq:
+        o.confidence = 0.2
+        o.char_confidences = (0.2,) * 7
+    assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
