@@ -7,7 +7,7 @@ DATA ?= ../shared/datasets
 THREADS ?= 1
 APT_PKGS := mosquitto fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-croscore
 
-.PHONY: setup setup-train system-packages test lint eval eval-crops models fixtures clean
+.PHONY: setup setup-train system-packages demo test lint eval eval-crops bench models fixtures testset clean
 
 system-packages:
 	@bash deploy/host-packages.sh $(APT_PKGS)
@@ -24,6 +24,10 @@ setup: system-packages $(BIN)/edge
 setup-train: setup
 	$(BIN)/pip install -q -e '.[test,train]'
 
+# The main job: replay a bundled fixture through the whole pipeline, publishing over MQTT
+demo: setup
+	bash deploy/demo.sh $(CLIP)
+
 test: setup-train
 	$(BIN)/python -m pytest -q tests
 
@@ -36,6 +40,17 @@ eval: setup
 
 eval-crops: setup
 	$(BIN)/edge eval --crops $(DATA)/openalpr-us-crops --threads $(THREADS)
+
+bench: setup
+	$(BIN)/edge bench fixtures/videos/01_gate_day.mp4 --threads $(THREADS)
+
+# Re-render the committed fixture clips and the small test set (needs ffmpeg for H.264)
+fixtures: setup-train
+	bash deploy/host-packages.sh ffmpeg
+	$(BIN)/python -m models.train.fixtures --out fixtures/videos
+
+testset: setup-train
+	$(BIN)/python -m models.train.make_testset --out tests/data
 
 # Retrain both models from scratch (resumes from runs/ checkpoints), then export to models/.
 models: setup-train

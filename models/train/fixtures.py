@@ -297,6 +297,26 @@ def encode(frames_rgb: list[np.ndarray], path: Path) -> None:
     w.release()
 
 
+def write_readme(out: Path) -> None:
+    rows = []
+    for side in sorted(out.glob("*.json")):
+        t = json.loads(side.read_text())
+        plates = ", ".join(f"{p['text']} ({p['style']}, {p['direction']}/{p['lateral']}{'' if p['readable'] else ', unreadable'})"
+                           for p in t["plates"]) or "none"
+        rows.append(f"| `{t['clip']}` | {t['frames'] / t['fps']:.1f} s | {t['description']} | {plates} |")
+    (out / "README.md").write_text(
+        "# Fixture clips\n\n"
+        "Rendered by the project (`make fixtures`, i.e. `python -m models.train.fixtures`): deterministic, seeded, "
+        f"{W}x{H} at {FPS} fps, H.264 MP4. The plates come from the same renderer as the reader's synthetic training "
+        "data (`models/train/render.py`), the streets from `models/train/scene.py`.\n\n"
+        "Beside each clip, `<clip>.json` is its ground truth: `expected_reads` (the plates a correct reader reports, each "
+        "once), and per plate its text, style, whether it is readable, the frame range in which it is readable "
+        f"(in view, unoccluded, at least {MIN_READABLE_W} px wide), its box per frame `[frame, x1, y1, x2, y2]`, and its "
+        "direction of travel (towards/away from the camera; left/right in the image).\n\n"
+        "| clip | length | what it shows | plates |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("fixtures/videos"))
@@ -312,6 +332,7 @@ def main(argv=None):
         t = render_clip(c, crng, a.out)
         size = (a.out / t["clip"]).stat().st_size / 1e6
         print(f"{t['clip']}: {t['frames']} frames, {size:.1f} MB, expected reads {t['expected_reads']}")
+    write_readme(a.out)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class RealCrops:
             self.cache[path] = im
         return im
 
-    def sample(self, item, rng: np.random.Generator | None):
+    def sample(self, item, rng: np.random.Generator | None, strength: float = 1.0):
         path, x1, y1, x2, y2, text = item
         im = self.image(path)
         H, W = im.shape[:2]
@@ -108,7 +108,7 @@ class RealCrops:
             if rng.random() < 0.3:
                 s = rng.uniform(0.4, 0.9)
                 c = cv2.resize(c, (max(8, int(c.shape[1] * s)), max(4, int(c.shape[0] * s))), interpolation=cv2.INTER_AREA)
-            c = degrade(c, rng, strength=0.5)
+            c = degrade(c, rng, strength=0.5 * strength)
         return cv2.resize(c, (IN_W, IN_H), interpolation=cv2.INTER_LINEAR), text
 
 
@@ -183,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-frac", type=float, default=0.35)
+    ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", type=Path)
@@ -236,15 +237,18 @@ def main(argv=None):
     t0 = time.time()
     while step < a.steps and time.time() - t_start < budget:
         progress = min(1.0, max(step / a.steps, (time.time() - t_start) / budget))
-        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if step > 300 else a.lr * (step + 1) / 300
+        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if step > 100 else a.lr * (step + 1) / 100
         for g in opt.param_groups:
             g["lr"] = lr
         imgs, texts = [], []
+        # curriculum: clean, large plates first; full degradation and the real crops' share ramp up
+        strength = min(1.0, 0.15 + step / a.ramp_steps)
+        real_frac = a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
         for _ in range(a.batch):
-            if real.train and rng.random() < a.real_frac:
-                im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng)
+            if real.train and rng.random() < real_frac:
+                im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
             else:
-                im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None)
+                im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
             imgs.append(im)
             texts.append(t)
         x = to_tensor(imgs)

@@ -305,14 +305,15 @@ def perspective_corners(w: int, h: int, rng: np.random.Generator, amount: float 
 
 
 def plate_crop_sample(
-    rng: np.random.Generator, out_w: int, out_h: int, background: np.ndarray | None = None, plate: Plate | None = None
+    rng: np.random.Generator, out_w: int, out_h: int, background: np.ndarray | None = None, plate: Plate | None = None,
+    strength: float = 1.0,
 ) -> tuple[np.ndarray, str]:
     """One reader training sample: a plate warped onto a background, cut as a detector would, resized."""
     if plate is None:
         plate = render_plate(rng)
     p = plate.image
     h, w = p.shape[:2]
-    dst = perspective_corners(w, h, rng, amount=rng.uniform(0.0, 0.14))
+    dst = perspective_corners(w, h, rng, amount=rng.uniform(0.0, 0.14) * strength)
     mnx, mny = dst.min(0)
     mxx, mxy = dst.max(0)
     mx, my = w * 0.35, h * 0.6
@@ -338,10 +339,10 @@ def plate_crop_sample(
     x2, y2 = int(min(cw, bx2 + j[2] + 0.03 * pw)), int(min(ch, by2 + j[3] + 0.06 * ph))
     crop = canvas[y1:y2, x1:x2]
     # resolution: small plates are seen with few pixels
-    target_w = float(np.exp(rng.uniform(np.log(40), np.log(260))))
+    target_w = float(np.exp(rng.uniform(np.log(40 + (1 - strength) * 80), np.log(260))))
     s = target_w / max(crop.shape[1], 1)
     if s < 1:
         crop = cv2.resize(crop, (max(8, int(crop.shape[1] * s)), max(4, int(crop.shape[0] * s))), interpolation=cv2.INTER_AREA)
-    crop = degrade(crop, rng)
+    crop = degrade(crop, rng, strength)
     out = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return out, plate.text

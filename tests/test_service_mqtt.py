@@ -1,0 +1,184 @@
+"""The device process end to end with a real Mosquitto: outages, kill -9, bad inputs (edge-runtime issue)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.mqtt import MqttSettings, Publisher
+from edge.outbox import Outbox
+
+from .broker import Broker, Subscriber, free_port
+from .conftest import ROOT, run_edge
+
+CLIP = ROOT / "fixtures" / "videos" / "07_mixed_styles.mp4"
+
+
+def config(tmp: Path, port: int, source: str = str(CLIP), device: str = "dev-a") -> Path:
+    f = tmp / "device.toml"
+    f.write_text(f"""
+[device]
+id = "{device}"
+state_dir = "{tmp / 'state'}"
+[camera]
+id = "cam-1"
+owner = "Test Owner"
+source = "{source}"
+[gps]
+mode = "fixed"
+lat = 47.0
+lon = 15.0
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+health_interval_s = 1
+""")
+    return f
+
+
+def expected(clip: Path) -> list[str]:
+    return json.loads(clip.with_suffix(".json").read_text())["expected_reads"]
+
+
+def start_replay(cfg: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "replay", str(CLIP), "--config", str(cfg), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def dedup(messages) -> dict[str, str]:
+    """read_id -> plate text, as a de-duplicating subscriber sees them."""
+    out = {}
+    for topic, payload, _ in messages:
+        if topic.endswith("/reads"):
+            d = json.loads(payload)
+            out[d["read_id"]] = d["plate"]["text"]
+    return out
+
+
+def test_replay_publishes_every_read_and_health(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    sub = Subscriber(b.port, "lpr/v1/dev-a/#", client_id="svc-sub")
+    try:
+        r = run_edge("replay", str(CLIP), "--config", str(config(tmp_path, b.port)), "--fast", timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert sub.wait_for(lambda m: sorted(dedup(m).values()) == expected(CLIP), 20)
+        assert sub.wait_for(lambda m: any(t.endswith("/status") and b"online" in p for t, p, _ in m))
+        printed = [line for line in r.stdout.splitlines() if " id " in line]
+        assert len(printed) == len(expected(CLIP))
+    finally:
+        sub.close()
+        b.stop()
+
+
+def test_broker_stopped_for_10_seconds_mid_replay_loses_nothing(tmp_path):
+    port = free_port()
+    b = Broker(tmp_path / "broker", port=port).start()
+    sub = Subscriber(port, "lpr/v1/dev-a/reads", client_id="outage-sub")
+    proc = start_replay(config(tmp_path, port), "--flush-timeout", "40")
+    try:
+        time.sleep(3.0)
+        b.stop()
+        time.sleep(10.0)
+        b.start()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert sub.wait_for(lambda m: sorted(set(dedup(m).values())) == expected(CLIP), 30)
+        assert sorted(dedup(sub.messages).values()) == expected(CLIP)  # each plate once after de-duplication
+    finally:
+        proc.kill()
+        sub.close()
+        b.stop()
+
+
+def test_sigkill_mid_replay_then_restart_delivers_each_plate_once(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    sub = Subscriber(b.port, "lpr/v1/dev-a/reads", client_id="kill-sub")
+    cfg = config(tmp_path, b.port)
+    proc = start_replay(cfg)
+    try:
+        line = proc.stdout.readline()  # the first read is out
+        assert " id " in line, proc.stderr.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        again = run_edge("replay", str(CLIP), "--config", str(cfg), "--fast", timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert sub.wait_for(lambda m: sorted(set(dedup(m).values())) == expected(CLIP), 30)
+        seen = dedup(sub.messages)
+        assert sorted(seen.values()) == expected(CLIP), seen
+    finally:
+        proc.kill()
+        sub.close()
+        b.stop()
+
+
+def test_unreachable_broker_exits_4_and_keeps_the_reads(tmp_path):
+    port = free_port()  # nothing listens here
+    cfg = config(tmp_path, port)
+    r = run_edge("replay", str(CLIP), "--config", str(cfg), "--fast", "--flush-timeout", "1", timeout=300)
+    assert r.returncode == 4
+    err = [x for x in r.stderr.splitlines() if "error" in x]
+    assert len(err) == 1 and "unreachable" in err[0] and "kept in outbox" in err[0]
+    ob = Outbox(tmp_path / "state" / "outbox.db")
+    n = ob.backlog()
+    assert n == len(expected(CLIP))
+    # the kept reads go out once a broker is there
+    b = Broker(tmp_path / "broker", port=port).start()
+    sub = Subscriber(port, "lpr/v1/dev-a/reads", client_id="late-sub")
+    pub = Publisher(MqttSettings(port=port), "dev-a", ob)
+    pub.start()
+    try:
+        assert pub.flush(20)
+        assert sub.wait_for(lambda m: sorted(dedup(m).values()) == expected(CLIP))
+    finally:
+        pub.stop()
+        sub.close()
+        b.stop()
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("/nonexistent/clip.mp4", "video file not found"),
+    ("GARBAGE", "cannot"),
+    ("/dev/video99", "camera /dev/video99 not found"),
+])
+def test_bad_sources_exit_3_with_one_line(tmp_path, source, needle):
+    if source == "GARBAGE":
+        g = tmp_path / "garbage.mp4"
+        g.write_bytes(os.urandom(4096))
+        source = str(g)
+    cfg = config(tmp_path, free_port(), source=source)
+    r = run_edge("run", "--config", str(cfg), timeout=60)
+    assert r.returncode == 3, r.stderr
+    errs = [x for x in r.stderr.splitlines() if "error" in x]
+    assert len(errs) == 1 and needle in errs[0] and "Traceback" not in r.stderr
+
+
+def test_bad_config_exits_2(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[device]\nid = 'x'\n")
+    r = run_edge("run", "--config", str(f))
+    assert r.returncode == 2 and "camera" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_flushes_and_exits_cleanly(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    sub = Subscriber(b.port, "lpr/v1/dev-a/#", client_id="term-sub")
+    cfg = config(tmp_path, b.port)
+    proc = start_replay(cfg)
+    try:
+        assert " id " in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        ob = Outbox(tmp_path / "state" / "outbox.db")
+        assert ob.backlog() == 0  # flushed before exit
+        assert sub.wait_for(lambda m: any(t.endswith("/status") and b"offline" in p for t, p, _ in m))
+    finally:
+        proc.kill()
+        sub.close()
+        b.stop()
