@@ -29,6 +29,7 @@ demo: setup
 	bash deploy/demo.sh $(CLIP)
 
 test: setup-train
+	@bash deploy/host-packages.sh postgresql
 	$(BIN)/python -m pytest -q tests
 
 lint: setup

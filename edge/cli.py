@@ -249,17 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_subscribe)
+
+    from edge.collector.cli import register
+
+    register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edge.collector.cli import CollectorUserError
     from edge.evaluate import EvalError
     from edge.vision.session import ModelError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, EvalError, ModelError) as e:
+    except (UserError, EvalError, ModelError, CollectorUserError) as e:
         print(f"edge {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -84,6 +84,7 @@ class Publisher:
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        self._acking: set[int] = set()  # acknowledged, being deleted from the outbox
         self._thread: threading.Thread | None = None
         self._proto = mqtt.MQTTv5 if settings.protocol in ("5", "auto") else mqtt.MQTTv311
         self._client = self._make_client()
@@ -138,17 +139,23 @@ class Publisher:
             if seq is None:
                 self._early.add(mid)
                 return
+            self._acking.add(seq)
         self._acked(seq, reason_code)
 
     def _acked(self, seq: int, reason_code) -> None:
-        if reason_code is not None and getattr(reason_code, "is_failure", False):
-            self.stats.refused += 1
-            self.stats.last_error = f"publish refused: {reason_code}"
-            log.warning("broker refused read seq %s: %s (kept in outbox)", seq, reason_code)
-            return
-        self.outbox.ack(seq)
-        self.stats.acked += 1
-        self._wake.set()
+        """Called with `seq` in _acking, so the sender does not pick it up again meanwhile."""
+        try:
+            if reason_code is not None and getattr(reason_code, "is_failure", False):
+                self.stats.refused += 1
+                self.stats.last_error = f"publish refused: {reason_code}"
+                log.warning("broker refused read seq %s: %s (kept in outbox)", seq, reason_code)
+                return
+            self.outbox.ack(seq)
+            self.stats.acked += 1
+            self._wake.set()
+        finally:
+            with self._lock:
+                self._acking.discard(seq)
 
     # -------------------------------------------------------------- loop
 
@@ -190,7 +197,7 @@ class Publisher:
 
     def _send_batch(self) -> None:
         with self._lock:
-            busy = set(self._inflight.values())
+            busy = set(self._inflight.values()) | self._acking
             room = self.s.max_inflight - len(self._inflight)
         if room <= 0:
             return
@@ -199,6 +206,9 @@ class Publisher:
                 continue
             if not self.stats.connected:
                 return
+            with self._lock:  # acknowledged since the snapshot above: do not send it again
+                if item.seq in self._acking or item.seq in self._inflight.values():
+                    continue
             info = self._client.publish(item.topic, item.payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # not connected after all: the record stays queued
@@ -207,6 +217,7 @@ class Publisher:
             with self._lock:
                 if info.mid in self._early:
                     self._early.discard(info.mid)
+                    self._acking.add(item.seq)
                     early = True
                 else:
                     self._inflight[info.mid] = item.seq

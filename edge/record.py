@@ -89,9 +89,12 @@ class Images(Strict):
     _v = field_validator("vehicle_jpeg")(_jpeg_b64(MAX_VEHICLE_JPEG))
 
 
+UtcTime = Annotated[datetime, Field(strict=True)]
+
+
 class Track(Strict):
-    first_seen: datetime
-    last_seen: datetime
+    first_seen: UtcTime
+    last_seen: UtcTime
     frames: int = Field(ge=1)
     direction: Literal["towards", "away", "unknown"] = "unknown"
     lateral: Literal["left", "right", "none"] = "none"
@@ -130,7 +133,7 @@ class Device(Strict):
 class Read(Strict):
     schema_: Literal["lpr.read/1"] = Field(default=SCHEMA_ID, alias="schema")
     read_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description="UUIDv7, same across retries")
-    time: datetime = Field(description="UTC time of the best frame")
+    time: UtcTime = Field(description="UTC time of the best frame")
     plate: Plate
     images: Images = Field(default_factory=Images)
     track: Track

@@ -122,7 +122,7 @@ def clips(rng: np.random.Generator) -> list[Clip]:
     out.append(Clip("07_mixed_styles", "Plates of several styles in one clip: US, UK, Brazil (old grey), Brazil Mercosur.",
                     10.5, vs))
     # 8. no plate at all: signs, text on a truck, stickers
-    out.append(Clip("08_no_plate", "No plate at all: road signs, lettering on a truck, bumper stickers. The right answer is "
+    out.append(Clip("08_no_plate", "No plate at all: road signs and lettering with numbers on a truck. The right answer is "
                     "no read.", 6.0, [], extras=_no_plate_extras))
     # 9. a plate too small and too blurred to read
     out.append(Clip("09_unreadable", "One car far away whose plate is too small and blurred to read. The right answer is no "

@@ -1,0 +1,1 @@
+"""The reference collector: MQTT ingest, SQLite/PostgreSQL store, governed queries, audit."""

@@ -1,0 +1,106 @@
+"""A small read-only HTTP API (JSON) over the same governed search.
+
+    GET /v1/reads?case=CASE&plate=ABC123&match=exact|wildcard|fuzzy&camera=..&site=..
+                 &near=lat,lon,km&box=lat1,lon1,lat2,lon2&from=ISO&to=ISO&days=N&approval=APR-..&limit=N
+    GET /v1/health
+
+Every request needs `Authorization: Bearer <token>` (tokens are stored hashed). No query runs
+without a user and a case; every query is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+from edge.collector.governance import DAY_MS, AccessDenied, Governance, NeedsApproval
+from edge.collector.query import Query, search
+
+
+def parse_time(v: str) -> int:
+    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"time {v!r} needs a UTC offset (e.g. 2026-11-27T10:00:00Z)")
+    return int(dt.timestamp() * 1000)
+
+
+def floats(v: str, n: int, name: str) -> tuple[float, ...]:
+    parts = v.split(",")
+    if len(parts) != n:
+        raise ValueError(f"{name} needs {n} comma-separated numbers")
+    return tuple(float(x) for x in parts)
+
+
+def query_from_params(p: dict[str, str], now_ms: int) -> Query:
+    q = Query(plate=p.get("plate"), match=p.get("match", "exact"), camera=p.get("camera"), site=p.get("site"))
+    if "near" in p:
+        q.near = floats(p["near"], 3, "near")  # type: ignore[assignment]
+    if "box" in p:
+        q.box = floats(p["box"], 4, "box")  # type: ignore[assignment]
+    if "from" in p:
+        q.since_ms = parse_time(p["from"])
+    if "to" in p:
+        q.until_ms = parse_time(p["to"])
+    if "days" in p:
+        q.since_ms = (q.until_ms or now_ms) - int(float(p["days"]) * DAY_MS)
+    if "limit" in p:
+        q.limit = int(p["limit"])
+    return q
+
+
+def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edge-collector"
+
+        def log_message(self, fmt, *args):  # the audit log is the record; keep stderr quiet
+            pass
+
+        def reply(self, code: int, body: dict | list) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            auth = self.headers.get("Authorization", "")
+            token = auth[7:] if auth.startswith("Bearer ") else ""
+            with lock:
+                user = gov.user_for_token(token) if token else None
+            if not user:
+                return self.reply(401, {"error": "authentication required: Authorization: Bearer <token>"})
+            url = urlparse(self.path)
+            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if url.path == "/v1/health":
+                with lock:
+                    role = gov.role(user)
+                if role not in ("supervisor", "admin"):
+                    return self.reply(403, {"error": "health needs supervisor or admin"})
+                return self.reply(200, health() if health else {"ok": True})
+            if url.path != "/v1/reads":
+                return self.reply(404, {"error": f"no such endpoint {url.path}"})
+            try:
+                with lock:
+                    q = query_from_params(params, gov.now_ms())
+                    rows = search(gov, user, params.get("case"), q, params.get("approval"))
+            except NeedsApproval as e:
+                return self.reply(403, {"error": str(e), "approval_request": e.request_id})
+            except AccessDenied as e:
+                return self.reply(403, {"error": str(e)})
+            except ValueError as e:
+                return self.reply(400, {"error": str(e)})
+            return self.reply(200, {"count": len(rows), "reads": rows})
+
+        def do_POST(self):  # noqa: N802
+            self.reply(405, {"error": "read-only API"})
+
+        do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
+
+    return ThreadingHTTPServer((host, port), Handler)

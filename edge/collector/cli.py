@@ -1,0 +1,286 @@
+"""Collector commands: collect, query, approve, audit verify, users, cases, retention, bench-collector."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DB = os.environ.get("EDGE_COLLECTOR_DB", "sqlite:///out/collector.db")
+
+
+class CollectorUserError(Exception):
+    pass
+
+
+def _gov(args):
+    from edge.collector.governance import Governance, Policy
+    from edge.collector.store import Store, StoreError
+
+    try:
+        store = Store(args.db)
+    except StoreError as e:
+        raise CollectorUserError(str(e)) from None
+    head = getattr(args, "audit_head", None)
+    pol = Policy(retention_days=getattr(args, "retention_days", 30.0), cache_ttl_hours=getattr(args, "cache_hours", 4.0),
+                 audit_head_file=Path(head) if head else None)
+    return Governance(store, pol)
+
+
+def _hostport(v: str, what: str) -> tuple[str, int]:
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit():
+        raise CollectorUserError(f"{what} expects HOST:PORT, got {v!r}")
+    return host, int(port)
+
+
+def cmd_collect(args) -> int:
+    import logging
+    import signal
+    import threading
+
+    from edge.collector.ingest import Collector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gov = _gov(args)
+    host, port = _hostport(args.mqtt, "--mqtt")
+    col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id)
+    try:
+        col.start()
+    except OSError as e:
+        print(f"edge collect: error: cannot reach broker {args.mqtt}: {e.strerror or e}", file=sys.stderr)
+        return 4
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    srv = None
+    if args.http:
+        from edge.collector.api import make_server
+
+        h, p = _hostport(args.http, "--http")
+        srv = make_server(gov, h, p, health=col.ing.health)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    print(f"collecting from {args.mqtt} ($share/{args.group}) into {args.db}", flush=True)
+    last_ret = time.monotonic()
+    while not stop.wait(args.health_interval):
+        print("health " + json.dumps(col.ing.health()), flush=True)
+        if time.monotonic() - last_ret > 3600:
+            gov.retention()
+            last_ret = time.monotonic()
+    col.stop()
+    if srv:
+        srv.shutdown()
+    print("health " + json.dumps(col.ing.health()), flush=True)
+    return 0
+
+
+def _query_args(args):
+    from edge.collector.api import floats, parse_time
+    from edge.collector.governance import DAY_MS
+    from edge.collector.query import Query
+
+    q = Query(plate=args.plate, match=args.match, camera=args.camera, site=args.site, limit=args.limit)
+    try:
+        if args.near:
+            q.near = floats(args.near, 3, "--near")  # type: ignore[assignment]
+        if args.box:
+            q.box = floats(args.box, 4, "--box")  # type: ignore[assignment]
+        if args.since:
+            q.since_ms = parse_time(args.since)
+        if args.until:
+            q.until_ms = parse_time(args.until)
+        if args.days is not None:
+            q.since_ms = (q.until_ms or int(time.time() * 1000)) - int(args.days * DAY_MS)
+    except ValueError as e:
+        raise CollectorUserError(str(e)) from None
+    return q
+
+
+def cmd_query(args) -> int:
+    from edge.collector.governance import AccessDenied, NeedsApproval
+    from edge.collector.query import search
+
+    gov = _gov(args)
+    try:
+        rows = search(gov, args.user, args.case, _query_args(args), args.approval, export=bool(args.export))
+    except NeedsApproval as e:
+        print(f"edge query: approval needed: {e}", file=sys.stderr)
+        return 3
+    except (AccessDenied, ValueError) as e:
+        print(f"edge query: error: {e}", file=sys.stderr)
+        return 2
+    if args.export:
+        Path(args.export).write_text(json.dumps(rows, indent=1))
+        print(f"exported {len(rows)} read(s) to {args.export}")
+        return 0
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            img = "image" if r.get("images", {}).get("plate_jpeg") else "-"
+            print(f"{r['time']}  {r['plate']['text']:<10} {r['camera']['id']:<12} {r['camera'].get('site') or '-':<20} "
+                  f"{r['gps'].get('lat', '-')},{r['gps'].get('lon', '-')}  {r['track']['direction']:<8} {img}  {r['read_id']}")
+    print(f"{len(rows)} read(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_approve(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        gov.approve(args.user, args.request)
+    except (AccessDenied, ValueError) as e:
+        print(f"edge approve: error: {e}", file=sys.stderr)
+        return 2
+    print(f"approved {args.request}")
+    return 0
+
+
+def cmd_audit_verify(args) -> int:
+    gov = _gov(args)
+    problems = gov.verify_audit()
+    n = gov.s.one("SELECT COUNT(*) FROM audit")[0]
+    if problems:
+        for p in problems:
+            print(f"audit: {p}", file=sys.stderr)
+        return 1
+    print(f"audit log intact: {n} entries")
+    return 0
+
+
+def cmd_users_add(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    empty = gov.s.one("SELECT COUNT(*) FROM users")[0] == 0
+    try:
+        if args.bootstrap:
+            if not empty:
+                raise AccessDenied("--bootstrap only creates the first admin of an empty database")
+            if args.role != "admin":
+                raise AccessDenied("the bootstrap user must be an admin")
+            actor = args.name
+        else:
+            gov.require(args.user, "admin")
+            actor = args.user
+        token = gov.add_user(actor, args.name, args.role)
+    except (AccessDenied, ValueError) as e:
+        print(f"edge users: error: {e}", file=sys.stderr)
+        return 2
+    print(f"user {args.name} ({args.role}); API token (shown once, stored hashed): {token}")
+    return 0
+
+
+def cmd_cases(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        if args.action == "open":
+            gov.open_case(args.user, args.case, args.title or "")
+        elif args.action == "close":
+            gov.close_case(args.user, args.case)
+        else:
+            n = gov.hold(args.user, args.case, args.reads)
+            print(f"{n} read(s) held for case {args.case}")
+            return 0
+    except (AccessDenied, ValueError) as e:
+        print(f"edge cases: error: {e}", file=sys.stderr)
+        return 2
+    print(f"case {args.case}: {args.action}")
+    return 0
+
+
+def cmd_retention(args) -> int:
+    gov = _gov(args)
+    print(json.dumps(gov.retention(args.user)))
+    return 0
+
+
+def cmd_bench_collector(args) -> int:
+    from edge.collector.bench import run
+
+    gov = _gov(args)
+    run(gov.s, n=args.n, batch=args.batch)
+    return 0
+
+
+def register(sub) -> None:
+    def db(p):
+        p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///path.db or postgresql://... (env EDGE_COLLECTOR_DB)")
+        p.add_argument("--audit-head", help="file that records the audit log's last entry (detects truncation)")
+
+    c = sub.add_parser("collect", help="collector: ingest reads from MQTT into the store")
+    db(c)
+    c.add_argument("--mqtt", required=True, help="broker HOST:PORT")
+    c.add_argument("--group", default="collectors", help="shared-subscription group")
+    c.add_argument("--client-id", default="edge-collector")
+    c.add_argument("--http", help="also serve the read-only API on HOST:PORT")
+    c.add_argument("--health-interval", type=float, default=30)
+    c.set_defaults(func=cmd_collect)
+
+    q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")
+    db(q)
+    q.add_argument("--user", required=True)
+    q.add_argument("--case", help="the open case that justifies this query")
+    q.add_argument("--plate")
+    q.add_argument("--match", default="exact", choices=["exact", "wildcard", "fuzzy"])
+    q.add_argument("--camera")
+    q.add_argument("--site")
+    q.add_argument("--near", help="lat,lon,km")
+    q.add_argument("--box", help="lat_min,lon_min,lat_max,lon_max")
+    q.add_argument("--from", dest="since", help="ISO time with offset")
+    q.add_argument("--to", dest="until", help="ISO time with offset")
+    q.add_argument("--days", type=float, help="window of this many days ending at --to (default 30)")
+    q.add_argument("--approval", help="supervisor approval id for a movement-history query")
+    q.add_argument("--limit", type=int, default=500)
+    q.add_argument("--export", help="write the results (with images) to this JSON file; audited as an export")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_query)
+
+    a = sub.add_parser("approve", help="collector: a supervisor approves a movement-history query")
+    db(a)
+    a.add_argument("request")
+    a.add_argument("--user", required=True)
+    a.set_defaults(func=cmd_approve)
+
+    au = sub.add_parser("audit", help="collector: audit log tools")
+    ausub = au.add_subparsers(dest="audit_cmd", required=True)
+    v = ausub.add_parser("verify", help="check the hash chain; exit 1 on any edited or removed entry")
+    db(v)
+    v.set_defaults(func=cmd_audit_verify)
+
+    u = sub.add_parser("users", help="collector: user administration")
+    usub = u.add_subparsers(dest="users_cmd", required=True)
+    ua = usub.add_parser("add", help="add or update a user and print a new API token")
+    db(ua)
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
+    ua.add_argument("--user", help="the admin doing this")
+    ua.add_argument("--bootstrap", action="store_true", help="create the first admin of an empty database")
+    ua.set_defaults(func=cmd_users_add)
+
+    cs = sub.add_parser("cases", help="collector: open/close cases, hold reads for a case")
+    db(cs)
+    cs.add_argument("action", choices=["open", "close", "hold"])
+    cs.add_argument("case")
+    cs.add_argument("reads", nargs="*", help="read ids to hold (hold)")
+    cs.add_argument("--user", required=True)
+    cs.add_argument("--title")
+    cs.set_defaults(func=cmd_cases)
+
+    r = sub.add_parser("retention", help="collector: delete reads past retention (audited)")
+    db(r)
+    r.add_argument("--retention-days", type=float, default=30.0)
+    r.add_argument("--cache-hours", type=float, default=4.0)
+    r.add_argument("--user", default="system")
+    r.set_defaults(func=cmd_retention)
+
+    b = sub.add_parser("bench-collector", help="collector: ingest reads/s with 20 KB images")
+    db(b)
+    b.add_argument("--n", type=int, default=3000)
+    b.add_argument("--batch", type=int, default=100)
+    b.set_defaults(func=cmd_bench_collector)

@@ -1,0 +1,234 @@
+"""Who may see what, and the record of who looked: roles, cases, approvals, audit, retention.
+
+Roles (each includes nothing it does not list):
+- viewer:       reads by camera/site/time, no plate search, no images
+- investigator: plate searches with images, tied to an open case
+- supervisor:   what an investigator may do, plus approving movement-history queries and managing cases
+- admin:        users, retention, audit verification; no access to reads
+
+Every query names a user and a case (the justification). A plate search over more than
+`history_hours` (a movement history) runs only with a supervisor's approval recorded beforehand,
+given by someone other than the requester, used once. The audit log is append-only and
+hash-chained: each row's hash covers the previous row's hash, so `verify` finds any edited,
+inserted or removed row (the head is also written to a file outside the database when configured).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.collector.store import Store, dumps
+
+ROLES = ("viewer", "investigator", "supervisor", "admin")
+DAY_MS = 86_400_000
+MAX_WINDOW_MS = 5 * 365 * DAY_MS + 2 * DAY_MS  # five years, leap days included
+GENESIS = "0" * 64
+
+
+class AccessDenied(Exception):
+    pass
+
+
+class NeedsApproval(Exception):
+    def __init__(self, request_id: str):
+        super().__init__(f"this is a movement-history query: a supervisor must approve request {request_id} first "
+                         f"(edge approve {request_id} --user SUPERVISOR)")
+        self.request_id = request_id
+
+
+@dataclass
+class Policy:
+    retention_days: float = 30.0
+    max_hold_days: float = 5 * 365
+    cache_ttl_hours: float = 4.0  # clamped to 4..24
+    history_hours: float = 24.0
+    audit_head_file: Path | None = None
+
+    def __post_init__(self):
+        self.cache_ttl_hours = min(24.0, max(4.0, self.cache_ttl_hours))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Governance:
+    def __init__(self, store: Store, policy: Policy | None = None, clock: Callable[[], float] = time.time):
+        self.s = store
+        self.p = policy or Policy()
+        self.clock = clock
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ------------------------------------------------------------ audit
+
+    def audit(self, actor: str, action: str, detail: dict) -> str:
+        with self.s.tx(exclusive=True):
+            last = self.s.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            seq, prev = (int(last[0]) + 1, last[1]) if last else (1, GENESIS)
+            ts = self.now_ms()
+            d = dumps(detail)
+            h = hashlib.sha256(f"{prev}|{seq}|{ts}|{actor}|{action}|{d}".encode()).hexdigest()
+            self.s.execute("INSERT INTO audit (seq, ts, actor, action, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (seq, ts, actor, action, d, prev, h))
+        if self.p.audit_head_file:
+            Path(self.p.audit_head_file).write_text(f"{seq} {h}\n")
+        return h
+
+    def verify_audit(self) -> list[str]:
+        """Problems found in the chain (empty when intact)."""
+        problems = []
+        prev, expect = GENESIS, 1
+        for seq, ts, actor, action, detail, p, h in self.s.query(
+                "SELECT seq, ts, actor, action, detail, prev, hash FROM audit ORDER BY seq"):
+            seq = int(seq)
+            if seq != expect:
+                problems.append(f"entry {expect} is missing (next is {seq})")
+            if p != prev:
+                problems.append(f"entry {seq}: does not follow the entry before it")
+            calc = hashlib.sha256(f"{p}|{seq}|{ts}|{actor}|{action}|{detail}".encode()).hexdigest()
+            if calc != h:
+                problems.append(f"entry {seq}: content was changed")
+            prev, expect = h, seq + 1
+        if self.p.audit_head_file and Path(self.p.audit_head_file).exists():
+            head_seq, head_hash = Path(self.p.audit_head_file).read_text().split()
+            if int(head_seq) != expect - 1 or head_hash != prev:
+                problems.append(f"the log ends at entry {expect - 1} but the recorded head is entry {head_seq}: entries were removed")
+        return problems
+
+    # ------------------------------------------------------------ users
+
+    def add_user(self, actor: str, name: str, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        token = secrets.token_urlsafe(24)
+        with self.s.tx():
+            self.s.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_hash = excluded.token_hash",
+                           (name, role, hash_token(token), self.now_ms()))
+        self.audit(actor, "user.set", {"name": name, "role": role})
+        return token
+
+    def role(self, name: str) -> str:
+        r = self.s.one("SELECT role FROM users WHERE name = ?", (name,))
+        if not r:
+            raise AccessDenied(f"unknown user {name!r}")
+        return r[0]
+
+    def user_for_token(self, token: str) -> str | None:
+        r = self.s.one("SELECT name FROM users WHERE token_hash = ?", (hash_token(token),))
+        return r[0] if r else None
+
+    def require(self, name: str, *roles: str) -> str:
+        role = self.role(name)
+        if role not in roles:
+            raise AccessDenied(f"user {name!r} ({role}) may not do this (needs {' or '.join(roles)})")
+        return role
+
+    # ------------------------------------------------------------ cases
+
+    def open_case(self, actor: str, case_id: str, title: str = "") -> None:
+        self.require(actor, "supervisor")
+        with self.s.tx():
+            if self.s.one("SELECT id FROM cases WHERE id = ?", (case_id,)):
+                raise ValueError(f"case {case_id} already exists")
+            self.s.execute("INSERT INTO cases (id, title, status, opened, opened_by) VALUES (?, ?, 'open', ?, ?)",
+                           (case_id, title, self.now_ms(), actor))
+        self.audit(actor, "case.open", {"case": case_id, "title": title})
+
+    def close_case(self, actor: str, case_id: str) -> None:
+        self.require(actor, "supervisor")
+        self.s.execute("UPDATE cases SET status = 'closed', closed = ? WHERE id = ?", (self.now_ms(), case_id))
+        self.audit(actor, "case.close", {"case": case_id})
+
+    def check_case(self, case_id: str | None) -> None:
+        if not case_id:
+            raise AccessDenied("every query needs a justification: --case CASE-ID of an open case")
+        r = self.s.one("SELECT status FROM cases WHERE id = ?", (case_id,))
+        if not r:
+            raise AccessDenied(f"case {case_id!r} does not exist")
+        if r[0] != "open":
+            raise AccessDenied(f"case {case_id!r} is closed")
+
+    def hold(self, actor: str, case_id: str, read_ids: list[str]) -> int:
+        self.require(actor, "investigator", "supervisor")
+        self.check_case(case_id)
+        n = 0
+        with self.s.tx():
+            for rid in read_ids:
+                if self.s.one("SELECT read_id FROM reads WHERE read_id = ?", (rid,)):
+                    self.s.execute("INSERT INTO case_reads (case_id, read_id, held) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                                   (case_id, rid, self.now_ms()))
+                    n += 1
+        self.audit(actor, "case.hold", {"case": case_id, "reads": read_ids})
+        return n
+
+    # ------------------------------------------------------------ approvals
+
+    def request_approval(self, actor: str, case_id: str, query: dict) -> str:
+        rid = "APR-" + secrets.token_hex(4)
+        self.s.execute("INSERT INTO approvals (id, requester, case_id, query, created) VALUES (?, ?, ?, ?, ?)",
+                       (rid, actor, case_id, dumps(query), self.now_ms()))
+        self.audit(actor, "approval.request", {"id": rid, "case": case_id, "query": query})
+        return rid
+
+    def approve(self, actor: str, request_id: str) -> None:
+        self.require(actor, "supervisor")
+        r = self.s.one("SELECT requester, approver FROM approvals WHERE id = ?", (request_id,))
+        if not r:
+            raise ValueError(f"no approval request {request_id}")
+        if r[0] == actor:
+            raise AccessDenied("a second person must approve: the requester cannot approve their own query")
+        if r[1]:
+            raise ValueError(f"request {request_id} is already approved")
+        self.s.execute("UPDATE approvals SET approver = ?, approved = ? WHERE id = ?", (actor, self.now_ms(), request_id))
+        self.audit(actor, "approval.grant", {"id": request_id, "requester": r[0]})
+
+    def use_approval(self, actor: str, case_id: str, query: dict, approval: str | None) -> str:
+        """Check a movement-history query against its approval (or file a request and refuse)."""
+        if approval:
+            r = self.s.one("SELECT requester, case_id, query, approver, used FROM approvals WHERE id = ?", (approval,))
+            if not r:
+                raise AccessDenied(f"no approval {approval}")
+            requester, case, q, approver, used = r
+            if requester != actor or case != case_id or q != dumps(query):
+                raise AccessDenied(f"approval {approval} was given for another user, case or query")
+            if not approver:
+                raise AccessDenied(f"approval {approval} has not been granted yet")
+            if used:
+                raise AccessDenied(f"approval {approval} was already used")
+            self.s.execute("UPDATE approvals SET used = ? WHERE id = ?", (self.now_ms(), approval))
+            return approval
+        raise NeedsApproval(self.request_approval(actor, case_id, query))
+
+    # ------------------------------------------------------------ retention
+
+    def retention(self, actor: str = "system") -> dict:
+        """Delete reads past retention unless held by an open case (never beyond the hold limit)."""
+        now = self.now_ms()
+        cutoff = now - int(self.p.retention_days * DAY_MS)
+        hard = now - int(self.p.max_hold_days * DAY_MS)
+        with self.s.tx():
+            held = "SELECT cr.read_id FROM case_reads cr JOIN cases c ON c.id = cr.case_id WHERE c.status = 'open'"
+            old = self.s.query(f"SELECT read_id FROM reads WHERE (ts < ? AND read_id NOT IN ({held})) OR ts < ?", (cutoff, hard))
+            ids = [r[0] for r in old]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                self.s.execute(f"DELETE FROM case_reads WHERE read_id IN ({marks})", chunk)
+                self.s.execute(f"DELETE FROM reads WHERE read_id IN ({marks})", chunk)
+            gone_images = self.s.execute(
+                "DELETE FROM images WHERE hash NOT IN (SELECT plate_image FROM reads WHERE plate_image IS NOT NULL) "
+                "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE vehicle_image IS NOT NULL)").rowcount
+            ttl = int(self.p.cache_ttl_hours * 3_600_000)
+            gone_cache = self.s.execute("DELETE FROM query_cache WHERE created < ?", (now - ttl,)).rowcount
+        detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "expired_cache": gone_cache,
+                  "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
+        self.audit(actor, "retention.delete", detail)
+        return detail

@@ -1,0 +1,250 @@
+"""Ingest: validate each MQTT message, store good reads once, put bad ones in `rejects`.
+
+The subscriber uses an MQTT 5 shared subscription (`$share/<group>/lpr/v1/+/reads`) so several
+collectors split the stream, and a persistent session (clean start off, long session expiry) so
+the broker queues while a collector is down. PUBACKs are sent by hand, only after the batch that
+holds the message is committed: an accepted read is never lost, a redelivered one is a no-op.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import ValidationError
+
+from edge.collector.store import Store
+from edge.record import SCHEMA_ID, Read
+
+log = logging.getLogger("edge.collector")
+
+MAX_PAYLOAD = 512 * 1024
+FUZZY = str.maketrans({"O": "0", "I": "1", "B": "8", "S": "5", "Z": "2"})
+
+
+def fuzzy_key(text: str) -> str:
+    """Fold the letters OCR confuses with digits, so O/0, I/1, B/8, S/5, Z/2 read alike."""
+    return text.upper().translate(FUZZY)
+
+
+class Reject(Exception):
+    pass
+
+
+def _depth_ok(raw: bytes, limit: int = 32) -> bool:
+    depth = 0
+    in_str = esc = False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x7B, 0x5B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x7D, 0x5D):
+            depth -= 1
+    return True
+
+
+def validate(payload: bytes) -> Read:
+    """The record, or Reject with a one-line reason."""
+    if len(payload) > MAX_PAYLOAD:
+        raise Reject(f"oversized: {len(payload)} bytes (limit {MAX_PAYLOAD})")
+    if not _depth_ok(payload):
+        raise Reject("JSON nested too deeply")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise Reject(f"not JSON: {str(e)[:120]}") from None
+    if not isinstance(obj, dict):
+        raise Reject("not a JSON object")
+    schema = obj.get("schema")
+    if schema != SCHEMA_ID:
+        raise Reject(f"wrong schema version: {str(schema)[:40]!r} (expected {SCHEMA_ID})")
+    try:
+        rec = Read.model_validate_json(payload)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise Reject(f"invalid field {where}: {err['msg'][:160]} ({e.error_count()} error(s))") from None
+    for name in ("plate_jpeg", "vehicle_jpeg"):
+        b64 = getattr(rec.images, name)
+        if b64 is not None:
+            img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise Reject(f"bad image: images.{name} does not decode as JPEG")
+    return rec
+
+
+def to_row(rec: Read, store: Store, now_ms: int) -> dict:
+    imgs = {}
+    for name in ("plate_jpeg", "vehicle_jpeg"):
+        b64 = getattr(rec.images, name)
+        imgs[name] = store.put_image(base64.b64decode(b64)) if b64 else None
+    # the stored record keeps the image hashes instead of the bytes
+    d = json.loads(rec.to_json())
+    d["images"] = {k: v for k, v in imgs.items() if v}
+    return {
+        "read_id": rec.read_id,
+        "device_id": rec.device.id,
+        "camera_id": rec.camera.id,
+        "site": rec.camera.site,
+        "plate": rec.plate.text,
+        "plate_fuzzy": fuzzy_key(rec.plate.text),
+        "confidence": rec.plate.confidence,
+        "ts": int(rec.time.timestamp() * 1000),
+        "lat": rec.gps.lat,
+        "lon": rec.gps.lon,
+        "direction": rec.track.direction,
+        "region": rec.plate.region,
+        "plate_image": imgs["plate_jpeg"],
+        "vehicle_image": imgs["vehicle_jpeg"],
+        "record": json.dumps(d, separators=(",", ":")),
+        "received": now_ms,
+    }
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+
+
+class Ingestor:
+    """Validates and stores batches of (topic, payload); thread-safe."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.clock = clock
+        self.lag_ms: deque[float] = deque(maxlen=500)
+
+    def ingest(self, batch: list[tuple[str, bytes]]) -> IngestResult:
+        res = IngestResult()
+        now = int(self.clock() * 1000)
+        with self.store.tx():
+            for topic, payload in batch:
+                try:
+                    rec = validate(payload)
+                except Reject as e:
+                    self.store.insert_reject(now, topic, str(e), payload)
+                    res.rejected += 1
+                    continue
+                if self.store.insert_read(to_row(rec, self.store, now)):
+                    res.stored += 1
+                    self.lag_ms.append(now - rec.time.timestamp() * 1000)
+                else:
+                    res.duplicate += 1
+            self.store.bump("received", len(batch))
+            if res.stored:
+                self.store.bump("stored", res.stored)
+            if res.duplicate:
+                self.store.bump("duplicate", res.duplicate)
+            if res.rejected:
+                self.store.bump("rejected", res.rejected)
+        return res
+
+    def health(self) -> dict:
+        c = self.store.counters()
+        return {
+            "received": c.get("received", 0),
+            "stored": c.get("stored", 0),
+            "duplicate": c.get("duplicate", 0),
+            "rejected": c.get("rejected", 0),
+            "lag_ms_median": round(statistics.median(self.lag_ms), 1) if self.lag_ms else None,
+        }
+
+
+class Collector:
+    """MQTT side: shared subscription, persistent session, manual PUBACK after commit."""
+
+    def __init__(self, store: Store, host: str, port: int, group: str = "collectors", topic: str = "lpr/v1/+/reads",
+                 client_id: str = "edge-collector", batch_max: int = 200, batch_wait_s: float = 0.05,
+                 tls: dict | None = None, username: str | None = None, password: str | None = None):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.ing = Ingestor(store)
+        self.q: queue.Queue = queue.Queue(maxsize=10000)
+        self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
+        self.topic = f"$share/{group}/{topic}"
+        self.host, self.port = host, port
+        self.stop_event = threading.Event()
+        self.connected = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        if username:
+            c.username_pw_set(username, password)
+        if tls:
+            c.tls_set(**tls)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 7 * 86400  # the broker keeps our queue for a week
+        self._props = props
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_disconnect = lambda *a: self.connected.clear()
+        self.client = c
+        self._mqtt = mqtt
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker refused the collector: %s", reason_code)
+            return
+        client.subscribe(self.topic, qos=1)
+        self.connected.set()
+
+    def _on_message(self, client, userdata, msg):
+        self.q.put((msg.topic, msg.payload, msg.mid, msg.qos))
+
+    def start(self) -> None:
+        self.client.connect(self.host, self.port, clean_start=False, properties=self._props)
+        self.client.loop_start()
+        self.writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
+        self.writer.start()
+
+    def _write_loop(self) -> None:
+        while not self.stop_event.is_set() or not self.q.empty():
+            try:
+                first = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            end = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self.q.get(timeout=max(0.0, end - time.monotonic())))
+                except queue.Empty:
+                    break
+            try:
+                self.ing.ingest([(t, p) for t, p, _, _ in batch])
+            except Exception as e:  # storage trouble: no PUBACK, the broker will redeliver
+                log.error("storing a batch failed (%s); the broker will redeliver it", e)
+                time.sleep(1.0)
+                continue
+            for _, _, mid, qos in batch:
+                if qos > 0:
+                    self.client.ack(mid, qos)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.writer.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()

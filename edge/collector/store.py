@@ -1,0 +1,184 @@
+"""Storage for the collector: one schema, two engines (SQLite file by default, PostgreSQL by URL).
+
+Reads are stored once, keyed by `read_id`; images by the SHA-256 of their bytes. Times are
+integer milliseconds since the Unix epoch (UTC) in both engines, so queries behave the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS reads (
+        read_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        camera_id TEXT NOT NULL,
+        site TEXT,
+        plate TEXT NOT NULL,
+        plate_fuzzy TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        ts BIGINT NOT NULL,
+        lat DOUBLE PRECISION,
+        lon DOUBLE PRECISION,
+        direction TEXT,
+        region TEXT,
+        plate_image TEXT,
+        vehicle_image TEXT,
+        record TEXT NOT NULL,
+        received BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS reads_plate ON reads (plate)",
+    "CREATE INDEX IF NOT EXISTS reads_fuzzy ON reads (plate_fuzzy)",
+    "CREATE INDEX IF NOT EXISTS reads_ts ON reads (ts)",
+    "CREATE INDEX IF NOT EXISTS reads_camera ON reads (camera_id, ts)",
+    "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        id {serial},
+        received BIGINT NOT NULL,
+        topic TEXT,
+        reason TEXT NOT NULL,
+        payload {blob}
+    )""",
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT, created BIGINT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS cases (
+        id TEXT PRIMARY KEY, title TEXT, status TEXT NOT NULL, opened BIGINT NOT NULL, closed BIGINT, opened_by TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS case_reads (case_id TEXT NOT NULL, read_id TEXT NOT NULL, held BIGINT NOT NULL, PRIMARY KEY (case_id, read_id))",
+    """CREATE TABLE IF NOT EXISTS approvals (
+        id TEXT PRIMARY KEY, requester TEXT NOT NULL, case_id TEXT NOT NULL, query TEXT NOT NULL,
+        created BIGINT NOT NULL, approver TEXT, approved BIGINT, used BIGINT
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        detail TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS query_cache (key TEXT PRIMARY KEY, created BIGINT NOT NULL, result TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+]
+
+
+class StoreError(Exception):
+    pass
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Store:
+    """A thin engine adapter: `?` placeholders in, the engine's own out."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.lock = threading.RLock()
+        if url.startswith(("postgresql://", "postgres://")):
+            try:
+                import psycopg
+            except ImportError:
+                raise StoreError("PostgreSQL needs psycopg: pip install 'edge-lpr[collector]'") from None
+            try:
+                self.conn = psycopg.connect(url, autocommit=True)
+            except psycopg.Error as e:
+                raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip().splitlines()[0]}") from None
+            self.engine = "postgresql"
+            self.ph = "%s"
+            blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
+            self._errors: tuple = (psycopg.Error,)
+        else:
+            path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+            except (sqlite3.Error, OSError) as e:
+                raise StoreError(f"cannot open SQLite database {path}: {e}") from None
+            self.engine = "sqlite"
+            self.ph = "?"
+            blob, serial = "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"
+            self._errors = (sqlite3.Error,)
+        with self.tx():
+            for stmt in SCHEMA:
+                self.execute(stmt.format(blob=blob, serial=serial))
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.engine == "postgresql" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()):
+        return self.conn.execute(self._sql(sql), tuple(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self.lock:
+            return list(self.execute(sql, params).fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()):
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def tx(self, exclusive: bool = False):
+        """A transaction; `exclusive` serialises writers across processes (audit chain)."""
+        with self.lock:
+            if self.engine == "sqlite":
+                self.conn.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+                try:
+                    yield self
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            else:
+                with self.conn.transaction():
+                    if exclusive:
+                        self.conn.execute("SELECT pg_advisory_xact_lock(7331)")
+                    yield self
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+                     (name, n))
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.query("SELECT name, value FROM counters")}
+
+    def put_image(self, data: bytes) -> str:
+        h = sha256(data)
+        self.execute("INSERT INTO images (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING", (h, data))
+        return h
+
+    def insert_read(self, row: dict) -> bool:
+        cols = list(row)
+        sql = f"INSERT INTO reads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT (read_id) DO NOTHING"
+        cur = self.execute(sql, [row[c] for c in cols])
+        return cur.rowcount == 1
+
+    def insert_reject(self, received: int, topic: str, reason: str, payload: bytes) -> None:
+        self.execute("INSERT INTO rejects (received, topic, reason, payload) VALUES (?, ?, ?, ?)",
+                     (received, topic[:256], reason[:500], payload[:4096]))
+
+    def image(self, h: str) -> bytes | None:
+        r = self.one("SELECT data FROM images WHERE hash = ?", (h,))
+        return bytes(r[0]) if r else None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.lock:
+            if self.engine == "sqlite":
+                self.conn.executemany(self._sql(sql), list(rows))
+            else:
+                with self.conn.cursor() as cur:
+                    cur.executemany(self._sql(sql), list(rows))
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
