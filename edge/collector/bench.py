@@ -21,14 +21,14 @@ def jpeg_of_size(target: int = 20_000, seed: int = 0) -> bytes:
     img = rng.integers(0, 255, (120, 240, 3), dtype=np.uint8)
     img = cv2.GaussianBlur(img, (3, 3), 0)
     lo, hi = 5, 100
-    best = b""
-    while lo <= hi:  # the quality that lands nearest the target size from below
+    best = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    while lo <= hi:  # the lowest quality that reaches the target size
         q = (lo + hi) // 2
         data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()
-        if len(data) <= target:
-            best, lo = data, q + 1
+        if len(data) >= target:
+            best, hi = data, q - 1
         else:
-            hi = q - 1
+            lo = q + 1
     return best
 
 
