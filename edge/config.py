@@ -104,6 +104,7 @@ class PipelineSection(Section):
     motion_threshold: float = Field(default=0.004, ge=0, le=1, description="fraction of changed pixels that counts as motion")
     idle_detect_every_s: float = Field(default=1.0, gt=0, description="with no motion, still look this often")
     min_confidence: float = Field(default=0.5, ge=0, le=1)
+    settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running (0: always read)")
     model_dir: Path | None = None
 
 

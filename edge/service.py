@@ -32,7 +32,7 @@ from edge.gps import GpsSource
 from edge.outbox import Outbox
 from edge.record import Box, Camera, Device, Gps, Images, Plate, Read, Track, uuid7
 from edge.record import Candidate as RecCandidate
-from edge.tracking import Observation, Pass, Tracker, TrackerConfig
+from edge.tracking import Observation, Pass, Tracker, TrackerConfig, iou
 
 log = logging.getLogger("edge.service")
 
@@ -173,6 +173,8 @@ class PipelineOptions:
     vehicle_image: bool = False
     vehicle_max_px: int = 640
     topic: str = "lpr/v1/unknown/reads"
+    settle_frames: int = 4  # a track read the same way this many frames running is not read again (0: always read)
+    settle_confidence: float = 0.9
 
 
 class Pipeline:
@@ -282,6 +284,16 @@ class Pipeline:
 
     # ---------------------------------------------------------- stages
 
+    def _settled(self, box) -> Observation | None:
+        """The last read of a track whose text is settled (the same confident text several frames
+        running) that this box continues; reading it again would only cost time."""
+        for tr in self.tracker.tracks:
+            recent = tr.obs[-self.o.settle_frames :]
+            if (len(recent) == self.o.settle_frames and iou(tr.last.box, box) >= 0.3
+                    and all(o.text == tr.last.text and o.confidence >= self.o.settle_confidence for o in recent)):
+                return tr.last
+        return None
+
     def _observe(self, frame: Frame) -> list[Observation]:
         t0 = time.perf_counter()
         dets = self.recognizer.detector.detect(frame.image)
@@ -292,15 +304,25 @@ class Pipeline:
             return []
         full = frame.full_image
         boxes = dets.boxes * frame.scale
-        reads = self.recognizer.reader.read(self.recognizer.crops(full, boxes))
-        self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
+        known = [self._settled(b) if self.o.settle_frames else None for b in boxes]
+        todo = [i for i, k in enumerate(known) if k is None]
+        reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, boxes[todo])) if todo else []))
+        if todo:
+            self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
+        self.counts["reads_skipped"] += len(boxes) - len(todo)
         out = []
         c = self.recognizer.config
-        for box, _score, r in zip(boxes, dets.scores, reads):
-            if not (c.min_length <= len(r.text) <= c.max_length) or r.confidence < c.min_confidence:
-                continue
+        for i, box in enumerate(boxes):
             x1, y1, x2, y2 = (float(v) for v in box)
-            out.append(Observation(r.text, r.confidence, r.char_confidences, (x1, y1, x2, y2), frame.t, frame.utc, frame.seq,
+            if known[i] is not None:
+                k = known[i]
+                text, conf, cc = k.text, k.confidence, k.char_confidences
+            else:
+                r = reads[i]
+                if not (c.min_length <= len(r.text) <= c.max_length) or r.confidence < c.min_confidence:
+                    continue
+                text, conf, cc = r.text, r.confidence, r.char_confidences
+            out.append(Observation(text, conf, cc, (x1, y1, x2, y2), frame.t, frame.utc, frame.seq,
                                    (full.shape[1], full.shape[0]), payload=self._patch(full, (x1, y1, x2, y2))))
         return out
 
