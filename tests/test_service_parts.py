@@ -73,15 +73,15 @@ def test_idle_scene_is_gated_and_reads_build_valid_records(recognizer, tmp_path)
 def test_paced_replay_runs_at_the_recorded_rate(tmp_path):
     src = VideoFileSource(CLIP, pace=True)
     t0 = time.monotonic()
-    n = 0
+    frames = []
     for f in src.frames():
-        n += 1
-        if n == 25:
+        frames.append(f)
+        if len(frames) == 25:
             break
     took = time.monotonic() - t0
     assert 0.9 <= took <= 2.0  # 24 frame intervals at 25 fps
     src.close()
-    assert f.seq == 24 and abs(f.t - t0 - 24 / 25) < 0.5
+    assert frames[-1].seq == 24 and abs(frames[-1].t - t0 - 24 / 25) < 0.5
 
 
 def test_stop_from_another_thread_ends_a_live_run(recognizer, tmp_path):
