@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -44,7 +45,9 @@ class Broker:
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n{extra_conf}"
+            f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
+            # as root, mosquitto would switch to its own user, who cannot read pytest's private folders
+            f"{'user root' if os.geteuid() == 0 else ''}\n{extra_conf}"
         )
         self.proc: subprocess.Popen | None = None
 
