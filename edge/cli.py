@@ -191,6 +191,35 @@ def cmd_subscribe(args) -> int:
     return 0
 
 
+def cmd_provision(args) -> int:
+    from edge.provision import DeviceSpec, ProvisionError, init_ca, issue_cert, make_bundle
+
+    ca = Path(args.ca_dir)
+    try:
+        if args.what == "ca":
+            print(f"CA certificate: {init_ca(ca)} (keep ca.key offline)")
+        elif args.what == "server":
+            key, crt = issue_cert(ca, Path(args.out), "server", args.name, server_names=args.san or [args.name])
+            print(f"broker certificate: {crt}, key: {key}")
+        elif args.what == "client":
+            key, crt = issue_cert(ca, Path(args.out), args.name, args.name)
+            print(f"client certificate for {args.name!r}: {crt}, key: {key}")
+        else:
+            host, _, port = (args.broker or "localhost:8883").rpartition(":")
+            if not host or not port.isdigit():
+                raise UserError(f"--broker expects HOST:PORT, got {args.broker!r}")
+            spec = DeviceSpec(device_id=args.name, owner=args.owner or "", site=args.site or "", camera_id=args.camera_id or "",
+                              camera_source=args.camera_source, mounting=args.mounting, broker_host=host, broker_port=int(port),
+                              gps=args.gps, password=args.password)
+            out = make_bundle(ca, Path(args.out), spec)
+            print(f"device bundle for {args.name}: {out} (copy its files onto the boot partition, folder edge-bundle/)")
+            if args.password:
+                print(f"add {out / 'broker-passwd.line'} to the broker's password file")
+    except ProvisionError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Edge licence-plate reader")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_subscribe)
+
+    pv = sub.add_parser("provision", help="deployment CA, device bundles, broker and collector certificates")
+    pv.add_argument("what", choices=["ca", "device", "server", "client"])
+    pv.add_argument("name", nargs="?", default="", help="device id (device), broker host name (server), client name (client)")
+    pv.add_argument("--ca-dir", required=True, help="the deployment CA folder (ca.key stays here)")
+    pv.add_argument("--out", default="edge-bundle", help="output folder")
+    pv.add_argument("--owner", help="device: who owns the camera")
+    pv.add_argument("--site")
+    pv.add_argument("--camera-id")
+    pv.add_argument("--camera-source", default="picamera2")
+    pv.add_argument("--mounting", default="fixed", choices=["fixed", "vehicle"])
+    pv.add_argument("--broker", help="device: broker HOST:PORT (default localhost:8883)")
+    pv.add_argument("--gps", default="none", help="none | gpsd | fixed:LAT,LON | nmea:/dev/ttyUSB0")
+    pv.add_argument("--password", action="store_true", help="device: a generated password instead of a client certificate")
+    pv.add_argument("--san", action="append", help="server: extra DNS names or IPs (repeatable)")
+    pv.set_defaults(func=cmd_provision)
 
     from edge.collector.cli import register
 

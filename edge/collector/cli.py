@@ -46,7 +46,10 @@ def cmd_collect(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gov = _gov(args)
     host, port = _hostport(args.mqtt, "--mqtt")
-    col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id)
+    tls = None
+    if args.cafile or args.certfile:
+        tls = {"ca_certs": args.cafile, "certfile": args.certfile, "keyfile": args.keyfile}
+    col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id, tls=tls)
     try:
         col.start()
     except OSError as e:
@@ -220,6 +223,9 @@ def register(sub) -> None:
     c.add_argument("--client-id", default="edge-collector")
     c.add_argument("--http", help="also serve the read-only API on HOST:PORT")
     c.add_argument("--health-interval", type=float, default=30)
+    c.add_argument("--cafile", help="TLS: the deployment CA")
+    c.add_argument("--certfile", help="TLS: the collector's client certificate (CN collector)")
+    c.add_argument("--keyfile", help="TLS: its key")
     c.set_defaults(func=cmd_collect)
 
     q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")

@@ -1,0 +1,137 @@
+"""`edge provision` certificates and bundles, and the broker ACL of deploy/collector, with a real Mosquitto."""
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import load_config
+
+from .broker import Broker
+from .conftest import ROOT, run_edge
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    d = tmp_path_factory.mktemp("deploy")
+    ca = d / "ca"
+    assert run_edge("provision", "ca", "--ca-dir", str(ca)).returncode == 0
+    assert run_edge("provision", "server", "localhost", "--san", "127.0.0.1", "--san", "localhost", "--ca-dir", str(ca),
+                    "--out", str(d / "server")).returncode == 0
+    assert run_edge("provision", "client", "collector", "--ca-dir", str(ca), "--out", str(d / "collector")).returncode == 0
+    for dev in ("dev-a", "dev-b"):
+        r = run_edge("provision", "device", dev, "--ca-dir", str(ca), "--out", str(d / dev), "--owner", "Agency",
+                     "--broker", "127.0.0.1:8883", "--gps", "fixed:47.1,15.4")
+        assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_bundle_contents_and_modes(deployment):
+    b = deployment / "dev-a"
+    assert {p.name for p in b.iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname"}
+    assert oct((b / "device.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((deployment / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    text = (b / "device.toml").read_text().replace("/etc/edge", str(b)).replace("/var/lib/edge", str(deployment / "state"))
+    (deployment / "check.toml").write_text(text)
+    cfg = load_config(deployment / "check.toml", env={})
+    assert cfg.device.id == "dev-a" and cfg.mqtt.tls and cfg.gps.lat == 47.1
+
+
+def test_provision_bad_inputs(tmp_path, deployment):
+    r = run_edge("provision", "device", "bad id!", "--ca-dir", str(deployment / "ca"), "--out", str(tmp_path / "x"), "--owner", "A")
+    assert r.returncode == 2 and "device id" in r.stderr
+    r = run_edge("provision", "device", "dev-c", "--ca-dir", str(tmp_path / "noca"), "--out", str(tmp_path / "y"), "--owner", "A")
+    assert r.returncode == 2 and "no CA" in r.stderr
+    r = run_edge("provision", "ca", "--ca-dir", str(deployment / "ca"))
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = run_edge("provision", "device", "dev-a", "--ca-dir", str(deployment / "ca"), "--out", str(deployment / "dev-a"), "--owner", "A")
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+
+class Client:
+    def __init__(self, port, d, cert_dir, stem, cid):
+        self.got, self.acks, self.subacks = [], {}, []
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        self.c.tls_set(ca_certs=str(d / "ca" / "ca.crt"), certfile=str(cert_dir / f"{stem}.crt"), keyfile=str(cert_dir / f"{stem}.key"))
+        self.c.on_message = lambda c, u, m: self.got.append(m.topic)
+        self.c.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.extend(rcs)
+        self.ready = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: self.ready.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        assert self.ready.wait(10)
+
+    def publish(self, topic):
+        info = self.c.publish(topic, b"{}", qos=1)
+        end = time.monotonic() + 5
+        while info.mid not in self.acks and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.acks.get(info.mid)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_broker_acl_devices_own_topics_only(tmp_path, deployment):
+    d = deployment
+    conf = (ROOT / "deploy" / "collector" / "mosquitto.conf").read_text()
+    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
+                                                                                   "cafile", "certfile", "keyfile", "persistence")))
+    conf += (f"\ncafile {d}/ca/ca.crt\ncertfile {d}/server/server.crt\nkeyfile {d}/server/server.key\n"
+             f"acl_file {ROOT}/deploy/collector/edge.acl\n")
+    b = Broker(tmp_path / "broker", extra_conf=conf.replace("allow_anonymous false", ""))
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    b.start()
+    col = Client(b.port, d, d / "collector", "collector", "collector-1")
+    a = Client(b.port, d, d / "dev-a", "device", "dev-a")
+    try:
+        col.c.subscribe("$share/collectors/lpr/v1/+/reads", qos=1)
+        col.c.subscribe("lpr/v1/+/status", qos=1)
+        a.c.subscribe("lpr/v1/dev-b/#", qos=1)  # reading another device's topics
+        time.sleep(0.5)
+        ok = a.publish("lpr/v1/dev-a/reads")
+        bad = a.publish("lpr/v1/dev-b/reads")  # publishing as device B
+        assert not ok.is_failure and bad.is_failure  # MQTT 5 tells the device: not authorized
+        bclient = Client(b.port, d, d / "dev-b", "device", "dev-b")
+        try:
+            assert not bclient.publish("lpr/v1/dev-b/reads").is_failure
+            time.sleep(1.0)
+        finally:
+            bclient.close()
+        assert sorted(col.got) == ["lpr/v1/dev-a/reads", "lpr/v1/dev-b/reads"]  # the collector reads all, nothing forged
+        assert a.got == []  # device A saw nothing of device B (mosquitto grants the subscription but delivers nothing)
+    finally:
+        a.close()
+        col.close()
+        b.stop()
+
+
+def test_password_bundle_works_with_mosquitto(tmp_path, deployment):
+    out = tmp_path / "pw"
+    r = run_edge("provision", "device", "dev-pw", "--password", "--ca-dir", str(deployment / "ca"), "--out", str(out), "--owner", "A")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "device.key").exists() and oct((out / "mqtt-password").stat().st_mode & 0o777) == "0o600"
+    pwfile = tmp_path / "passwd"
+    pwfile.write_text((out / "broker-passwd.line").read_text())
+    b = Broker(tmp_path / "broker", extra_conf=f"password_file {pwfile}\n")
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    b.start()
+    try:
+        results = {}
+        for name, pw in (("good", (out / "mqtt-password").read_text().strip()), ("bad", "wrong")):
+            ev = threading.Event()
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pw-{name}", protocol=mqtt.MQTTv5)
+            c.username_pw_set("dev-pw", pw)
+            c.on_connect = lambda cl, u, f, rc, p, name=name, ev=ev: (results.__setitem__(name, rc), ev.set())
+            c.connect("127.0.0.1", b.port)
+            c.loop_start()
+            ev.wait(10)
+            c.disconnect()
+            c.loop_stop()
+        assert not results["good"].is_failure and results["bad"].is_failure
+    finally:
+        b.stop()
