@@ -1,0 +1,72 @@
+"""A tiny run of each training script (training itself is not run in CI)."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+pytest.importorskip("torch", reason="training smoke runs need the [train] extra")
+pytest.importorskip("PIL", reason="training smoke runs need the [train] extra")
+
+
+def py(*args, timeout=600):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r
+
+
+def voc_folder(tmp_path, n=6):
+    """A few project-rendered scenes written in the layout of the VOC sets the detector reads."""
+    from models.train.scene import render_still
+
+    root = tmp_path / "data" / "ro-dashcam-voc" / "train"
+    (root / "images").mkdir(parents=True)
+    (root / "annots").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img, plates = render_still(rng, 640, 360)
+        cv2.imwrite(str(root / "images" / f"s{i}.jpg"), img[..., ::-1])
+        x1, y1, x2, y2 = plates[0].box
+        (root / "annots" / f"s{i}.xml").write_text(
+            f"<annotation><filename>s{i}.jpg</filename><object><name>license-plate</name><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object></annotation>")
+    return tmp_path / "data"
+
+
+def test_detector_training_smoke_resume_export(tmp_path):
+    from edge.vision.detector import PlateDetector
+
+    data = voc_folder(tmp_path)
+    out = tmp_path / "det"
+    py("models.train.detector", "--data", str(data), "--out", str(out), "--steps", "2", "--batch", "2")
+    r = py("models.train.detector", "--data", str(data), "--out", str(out), "--steps", "3", "--batch", "2")
+    assert "resumed from step 2" in r.stdout
+    py("models.train.detector", "--out", str(out), "--export", str(tmp_path / "d.onnx"))
+    d = PlateDetector(tmp_path / "d.onnx")
+    assert d.model.meta["train_steps"] == 3 and "train.log" in {p.name for p in out.iterdir()}
+    d.detect(np.zeros((360, 640, 3), np.uint8))
+
+
+def test_reader_training_smoke_export_and_quantize(tmp_path):
+    from edge.vision.reader import PlateReader
+
+    out = tmp_path / "rd"
+    py("models.train.reader", "--data", str(tmp_path / "none"), "--pseudo", str(tmp_path / "none.tsv"), "--out", str(out),
+       "--steps", "2", "--batch", "4", "--val-size", "4", "--backgrounds", "0")
+    py("models.train.reader", "--out", str(out), "--export", str(tmp_path / "r.onnx"))
+    r = PlateReader(tmp_path / "r.onnx")
+    assert r.model.meta["train_steps"] == 2 and r.charset == "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    assert len(r.read([np.zeros((40, 120, 3), np.uint8)])) == 1
+    py("models.train.quantize", "--reader", str(tmp_path / "r.onnx"), "--n", "2")
+    q = PlateReader(tmp_path / "r.int8.onnx")
+    assert q.model.meta["version"].endswith("int8")
+
+
+def test_testset_renderer_smoke(tmp_path):
+    py("models.train.make_testset", "--out", str(tmp_path), "--scenes", "2", "--crops", "3")
+    assert len(list((tmp_path / "scenes" / "synthetic").glob("*.txt"))) == 2
+    assert len((tmp_path / "crops" / "groundtruth.csv").read_text().splitlines()) == 4
