@@ -57,8 +57,15 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("runs/pseudo.tsv"))
     ap.add_argument("--min-conf", type=float, default=0.85)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--agree", type=Path, help="also keep less confident crops when this reader model reads the same text")
+    ap.add_argument("--agree-min-conf", type=float, default=0.5)
     a = ap.parse_args(argv)
     rec = PaddleRec(a.rec)
+    ours = None
+    if a.agree:
+        from edge.vision.reader import PlateReader
+
+        ours = PlateReader(a.agree)
     items = load_box_sets(a.data)
     if a.limit:
         items = items[: a.limit]
@@ -91,7 +98,14 @@ def main(argv=None):
                 if not (2 <= len(text) <= 10) or not conf:
                     continue
                 if float(np.mean(conf)) < a.min_conf or min(conf) < 0.5:
-                    continue
+                    # a second opinion: keep it when our own reader reads exactly the same
+                    if ours is None or float(np.mean(conf)) < a.agree_min_conf:
+                        continue
+                    mine = ours.read([img[max(0, int(y1 - 0.07 * bh)) : min(H, int(y2 + 0.07 * bh)),
+                                          max(0, int(x1 - 0.04 * bw)) : min(W, int(x2 + 0.04 * bw))]])[0]
+                    if mine.text != text:
+                        continue
+                    lines += "+agree"
                 kept += 1
                 f.write(f"{it.path}\t{x1:.1f}\t{y1:.1f}\t{x2:.1f}\t{y2:.1f}\t{text}\t{np.mean(conf):.3f}\t{lines}\t{it.source}\n")
             if n % 200 == 0:

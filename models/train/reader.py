@@ -184,6 +184,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-frac", type=float, default=0.35)
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
+    ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", type=Path)
@@ -203,6 +204,14 @@ def main(argv=None):
         opt.load_state_dict(st["opt"])
         step, metrics, spent = st["step"], st.get("metrics", {}), st.get("spent", 0.0)
         log(f"resumed from step {step}")
+    start_step = 0
+    if a.finetune and not ck.exists():
+        raise SystemExit(f"--finetune needs a checkpoint in {a.out}")
+    if a.finetune:
+        start_step = step if not st.get("finetune_from") else st["finetune_from"]
+        spent = 0.0 if not st.get("finetune_from") else spent
+        a.steps = start_step + a.steps
+        log(f"fine-tuning from step {start_step} for up to {a.steps - start_step} steps / {a.minutes} min at lr {a.lr}")
     if a.export:
         meta = {
             "kind": "plate-reader",
@@ -236,14 +245,15 @@ def main(argv=None):
     t_start = time.time() - spent
     t0 = time.time()
     while step < a.steps and time.time() - t_start < budget:
-        progress = min(1.0, max(step / a.steps, (time.time() - t_start) / budget))
-        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if step > 100 else a.lr * (step + 1) / 100
+        progress = min(1.0, max((step - start_step) / max(1, a.steps - start_step), (time.time() - t_start) / budget))
+        warm = step - start_step
+        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if warm > 100 else a.lr * (warm + 1) / 100
         for g in opt.param_groups:
             g["lr"] = lr
         imgs, texts = [], []
         # curriculum: clean, large plates first; full degradation and the real crops' share ramp up
-        strength = min(1.0, 0.15 + step / a.ramp_steps)
-        real_frac = a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
+        strength = 1.0 if a.finetune else min(1.0, 0.15 + step / a.ramp_steps)
+        real_frac = a.real_frac if a.finetune else a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
         for _ in range(a.batch):
             if real.train and rng.random() < real_frac:
                 im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
@@ -269,8 +279,10 @@ def main(argv=None):
             if val_real:
                 metrics["val_pseudo_real_exact"] = round(accuracy(model, val_real), 4)
             log(f"eval {json.dumps(metrics)}")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start}, ck)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start}, ck)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start,
+                        "finetune_from": start_step or None}, ck)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start,
+                "finetune_from": start_step or None}, ck)
     log(f"stopped at step {step}")
 
 
