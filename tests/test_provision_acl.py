@@ -135,3 +135,28 @@ def test_password_bundle_works_with_mosquitto(tmp_path, deployment):
         assert not results["good"].is_failure and results["bad"].is_failure
     finally:
         b.stop()
+
+
+def test_firstboot_moves_secrets_and_sets_hostname(tmp_path, deployment):
+    import shutil
+    import subprocess
+
+    root = tmp_path / "root"
+    boot = root / "boot" / "firmware"
+    boot.mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n")
+    shutil.copytree(deployment / "dev-a", boot / "edge-bundle")
+    (boot / "edge-bundle" / "authorized_keys").write_text("ssh-ed25519 AAAA test@tech\n")
+    env = {"ROOT": str(root), "SVC_USER": "root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    r = subprocess.run(["sh", str(ROOT / "deploy" / "image" / "edge-firstboot.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    etc = root / "etc" / "edge"
+    assert oct((etc / "device.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((etc / "device.toml").stat().st_mode & 0o777) == "0o640"
+    assert not (boot / "edge-bundle").exists()  # nothing secret left on the FAT partition
+    assert (root / "etc" / "hostname").read_text().strip() == "dev-a"
+    assert "dev-a" in (root / "etc" / "hosts").read_text()
+    assert (root / "root" / ".ssh" / "authorized_keys").exists()
+    again = subprocess.run(["sh", str(ROOT / "deploy" / "image" / "edge-firstboot.sh")], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
