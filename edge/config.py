@@ -62,6 +62,14 @@ class GpsSection(Section):
         return self
 
 
+def resolve_secret(p: Path | None) -> Path | None:
+    """`credential:NAME` is a systemd credential (LoadCredential=NAME:...), found in $CREDENTIALS_DIRECTORY."""
+    if p is None or not str(p).startswith("credential:"):
+        return p
+    base = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(base) / str(p).split(":", 1)[1] if base else p
+
+
 class MqttSection(Section):
     host: str = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -81,7 +89,9 @@ class MqttSection(Section):
     @model_validator(mode="after")
     def _files(self):
         for k in ("cafile", "certfile", "keyfile", "password_file"):
-            p = getattr(self, k)
+            p = resolve_secret(getattr(self, k))
+            if p is not None and str(p).startswith("credential:"):
+                continue  # only there when systemd runs the service
             if p is not None and not Path(p).is_file():
                 raise ValueError(f"{k} {p} does not exist")
         if (self.certfile is None) != (self.keyfile is None):

@@ -111,8 +111,9 @@ def device_toml(spec: DeviceSpec, etc: str = "/etc/edge") -> str:
         gps_lines = ['mode = "nmea"', f'device = "{spec.gps[5:]}"']
     elif spec.gps != "none":
         raise ProvisionError(f"--gps: none, gpsd, fixed:LAT,LON or nmea:DEVICE, got {spec.gps!r}")
-    auth = [f'username = "{spec.device_id}"', f'password_file = "{etc}/mqtt-password"'] if spec.password else \
-        [f'certfile = "{etc}/device.crt"', f'keyfile = "{etc}/device.key"']
+    # secrets reach the service as systemd credentials (LoadCredential=, see deploy/image/units/edge.service)
+    auth = [f'username = "{spec.device_id}"', 'password_file = "credential:mqtt-password"'] if spec.password else \
+        [f'certfile = "{etc}/device.crt"', 'keyfile = "credential:device.key"']
     esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
     return "\n".join([
         "# Made by `edge provision device`; check with `edge config check`.",

@@ -51,15 +51,17 @@ def build_gps(cfg: Config) -> GpsSource:
 
 
 def mqtt_settings(cfg: Config) -> MqttSettings:
+    from edge.config import resolve_secret
+
     m = cfg.mqtt
     password = m.password
     if m.password_file is not None:
-        password = Path(m.password_file).read_text().strip()
+        password = Path(resolve_secret(m.password_file)).read_text().strip()
     return MqttSettings(
         host=m.host, port=m.port, keepalive=m.keepalive, client_id=m.client_id, protocol=m.protocol,
         topic_prefix=m.topic_prefix, username=m.username, password=password, tls=m.tls,
         cafile=str(m.cafile) if m.cafile else None, certfile=str(m.certfile) if m.certfile else None,
-        keyfile=str(m.keyfile) if m.keyfile else None, health_interval_s=m.health_interval_s,
+        keyfile=str(resolve_secret(m.keyfile)) if m.keyfile else None, health_interval_s=m.health_interval_s,
     )
 
 

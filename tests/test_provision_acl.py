@@ -1,5 +1,6 @@
 """`edge provision` certificates and bundles, and the broker ACL of deploy/collector, with a real Mosquitto."""
 
+import os
 import threading
 import time
 
@@ -37,6 +38,14 @@ def test_bundle_contents_and_modes(deployment):
     (deployment / "check.toml").write_text(text)
     cfg = load_config(deployment / "check.toml", env={})
     assert cfg.device.id == "dev-a" and cfg.mqtt.tls and cfg.gps.lat == 47.1
+    assert str(cfg.mqtt.keyfile) == "credential:device.key"  # handed over by systemd (LoadCredential=)
+    from edge.config import resolve_secret
+
+    os.environ["CREDENTIALS_DIRECTORY"] = str(b)
+    try:
+        assert resolve_secret(cfg.mqtt.keyfile) == b / "device.key"
+    finally:
+        del os.environ["CREDENTIALS_DIRECTORY"]
 
 
 def test_provision_bad_inputs(tmp_path, deployment):
@@ -152,7 +161,8 @@ def test_firstboot_moves_secrets_and_sets_hostname(tmp_path, deployment):
     r = subprocess.run(["sh", str(ROOT / "deploy" / "image" / "edge-firstboot.sh")], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     etc = root / "etc" / "edge"
-    assert oct((etc / "device.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((etc / "credentials" / "device.key").stat().st_mode & 0o777) == "0o600"
+    assert (etc / "credentials" / "mqtt-password").stat().st_size == 0  # unused credential: present, empty
     assert oct((etc / "device.toml").stat().st_mode & 0o777) == "0o640"
     assert not (boot / "edge-bundle").exists()  # nothing secret left on the FAT partition
     assert (root / "etc" / "hostname").read_text().strip() == "dev-a"

@@ -23,13 +23,16 @@ install -d -m 0750 -o root -g "$SVC_USER" "$ETC/credentials"
 for f in device.toml ca.crt device.crt; do
   [ -f "$BUNDLE/$f" ] && install -m 0640 -o root -g "$SVC_USER" "$BUNDLE/$f" "$ETC/$f"
 done
+# secrets: 0600, owned by the service user; the unit hands them over with LoadCredential=
+# (both credential files must exist for the unit to start: the unused one stays empty)
 for f in device.key mqtt-password; do
   if [ -f "$BUNDLE/$f" ]; then
-    install -m 0600 -o "$SVC_USER" -g "$SVC_USER" "$BUNDLE/$f" "$ETC/$f"
-    [ "$f" = mqtt-password ] && install -m 0600 -o root -g root "$BUNDLE/$f" "$ETC/credentials/mqtt-password"
+    install -m 0600 -o "$SVC_USER" -g "$SVC_USER" "$BUNDLE/$f" "$ETC/credentials/$f"
     # FAT has no permissions: overwrite, then delete the copy on the boot partition
     dd if=/dev/zero of="$BUNDLE/$f" bs=1 count="$(wc -c < "$BUNDLE/$f")" conv=notrunc 2>/dev/null || true
     rm -f "$BUNDLE/$f"
+  else
+    install -m 0600 -o "$SVC_USER" -g "$SVC_USER" /dev/null "$ETC/credentials/$f"
   fi
 done
 if [ -f "$BUNDLE/authorized_keys" ]; then
