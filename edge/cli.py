@@ -312,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, EvalError, ModelError, CollectorUserError) as e:
         print(f"edge {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # an unexpected failure still gets one line (details with -v/--verbose in the log)
+        if getattr(args, "verbose", False):
+            raise
+        print(f"edge {args.cmd}: error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         print(f"edge {args.cmd}: interrupted", file=sys.stderr)
         return 130

@@ -29,8 +29,8 @@ class DeviceSection(Section):
 class CameraSection(Section):
     id: str = Field(min_length=1, max_length=64)
     owner: str = Field(min_length=1, max_length=128, description="who owns the camera and answers for its reads")
-    operator: str | None = None
-    site: str | None = None
+    operator: str | None = Field(default=None, max_length=128)
+    site: str | None = Field(default=None, max_length=128)
     mounting: Literal["fixed", "vehicle"] = "fixed"
     bearing_deg: float | None = Field(default=None, ge=0, lt=360)
     source: str = Field(default="picamera2", description="picamera2 | /dev/videoN | device index | rtsp://... | http://... | a video file")
@@ -162,6 +162,21 @@ def _parse_scalar(v: str):
         return v
 
 
+def _wants_text(section: str, key: str) -> bool:
+    """Whether the field takes text (then an environment value stays a string: EDGE_CAMERA__SOURCE=0)."""
+    import typing
+
+    sec = Config.model_fields.get(section)
+    field = sec.annotation.model_fields.get(key) if sec is not None and hasattr(sec.annotation, "model_fields") else None
+    if field is None:
+        return False
+    ann = field.annotation
+    if typing.get_origin(ann) is typing.Literal:
+        return True
+    args = typing.get_args(ann) or (ann,)
+    return any(a is str or a is Path or typing.get_origin(a) is typing.Literal for a in args)
+
+
 def apply_env(data: dict, env: dict[str, str]) -> dict:
     for k, v in env.items():
         if not k.startswith(ENV_PREFIX) or "__" not in k:
@@ -169,7 +184,7 @@ def apply_env(data: dict, env: dict[str, str]) -> dict:
         section, _, key = k[len(ENV_PREFIX) :].lower().partition("__")
         data.setdefault(section, {})
         if isinstance(data[section], dict):
-            data[section][key] = _parse_scalar(v)
+            data[section][key] = v if _wants_text(section, key) else _parse_scalar(v)
     return data
 
 

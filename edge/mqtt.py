@@ -85,6 +85,7 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
         self._acking: set[int] = set()  # acknowledged, being deleted from the outbox
+        self._publishing = False  # a read's publish() call is in progress (its PUBACK may beat the mid)
         self._thread: threading.Thread | None = None
         self._proto = mqtt.MQTTv5 if settings.protocol in ("5", "auto") else mqtt.MQTTv311
         self._client = self._make_client()
@@ -137,7 +138,11 @@ class Publisher:
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
-                self._early.add(mid)
+                # only a read being published right now can be acknowledged before we know its mid;
+                # anything else (status, health, paho's own resends) must not be remembered, or a
+                # reused mid would later delete a read that was never acknowledged
+                if self._publishing:
+                    self._early.add(mid)
                 return
             self._acking.add(seq)
         self._acked(seq, reason_code)
@@ -209,19 +214,28 @@ class Publisher:
             with self._lock:  # acknowledged since the snapshot above: do not send it again
                 if item.seq in self._acking or item.seq in self._inflight.values():
                     continue
-            info = self._client.publish(item.topic, item.payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self._early.clear()
+                self._publishing = True
+            try:
+                info = self._client.publish(item.topic, item.payload, qos=1)
+            except Exception:
+                with self._lock:
+                    self._publishing = False
+                raise
+            ok = info.rc == mqtt.MQTT_ERR_SUCCESS
+            with self._lock:
+                # still "publishing" until the mid is registered: a PUBACK may arrive in between
+                self._publishing = False
+                early = ok and info.mid in self._early
+                self._early.clear()
+                if early:
+                    self._acking.add(item.seq)
+                elif ok:
+                    self._inflight[info.mid] = item.seq
+            if not ok:
                 return  # not connected after all: the record stays queued
             self.stats.published += 1
             self.outbox.mark_attempt(item.seq)
-            with self._lock:
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
-                    self._acking.add(item.seq)
-                    early = True
-                else:
-                    self._inflight[info.mid] = item.seq
-                    early = False
             if early:
                 self._acked(item.seq, None)
             room -= 1

@@ -77,15 +77,24 @@ class Outbox:
     # -------------------------------------------------------------- writing
 
     def put(self, read_id: str, topic: str, payload: bytes) -> bool:
-        """Store a record durably (returns after the commit is on disk). False if already queued."""
+        """Store a record durably (returns after the commit is on disk). False if already queued.
+
+        Bounds, the insert and the counters are one transaction: a drop is never left uncounted.
+        """
         with self.lock:
-            self._enforce_bounds(len(payload))
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO outbox (read_id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                (read_id, topic, payload, self.clock()),
-            )
-            if cur.rowcount:
-                self._bump("accepted", 1)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self._enforce_bounds(len(payload))
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO outbox (read_id, topic, payload, created) VALUES (?, ?, ?, ?)",
+                    (read_id, topic, payload, self.clock()),
+                )
+                if cur.rowcount:
+                    self._bump("accepted", 1)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
             return bool(cur.rowcount)
 
     def _enforce_bounds(self, incoming: int) -> None:
@@ -95,7 +104,11 @@ class Outbox:
         if n:
             self._bump("dropped_age", n)
         size = self.db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()[0]
-        free = shutil.disk_usage(self.path.parent).free
+        # pages SQLite already holds free are reusable space too; deleting rows adds to them
+        # without shrinking the file, so count them rather than the disk alone
+        page = self.db.execute("PRAGMA page_size").fetchone()[0]
+        reusable = self.db.execute("PRAGMA freelist_count").fetchone()[0] * page
+        free = shutil.disk_usage(self.path.parent).free + reusable
         while size + incoming > self.max_bytes or free - incoming < self.min_free_bytes:
             row = self.db.execute("SELECT seq, LENGTH(payload) FROM outbox ORDER BY seq LIMIT 1").fetchone()
             if row is None:

@@ -217,13 +217,23 @@ class Runner:
         log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, cfg.outbox_path)
         if pub and not pub.wait_connected(3.0):
             log.warning("broker %s:%s not reachable yet; reads are kept in the outbox until it is", cfg.mqtt.host, cfg.mqtt.port)
-        pl.run(blocking_queue=bool(state_key) or not self.o.pace)
+        code = EXIT_OK
+        failure: Exception | None = None
+        try:
+            pl.run(blocking_queue=bool(state_key) or not self.o.pace)
+        except Exception as e:  # the run ends, but what was read is kept and still sent below
+            failure = e
+            log.exception("pipeline failed")
+            pl.stop()
         sd.send("STOPPING=1")
-        finished_file = state_key is not None and not self.stop_event.is_set() and pl.capture_error is None
+        finished_file = state_key is not None and failure is None and not self.stop_event.is_set() and pl.capture_error is None
         if state_key and finished_file:
             outbox.set_state(state_key, None)  # replay complete: the next one starts afresh
-        code = EXIT_OK
-        if pl.capture_error is not None:
+        if failure is not None:
+            code = EXIT_RUNTIME
+            print(f"edge: error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''} "
+                  f"(reads made so far are kept in {cfg.outbox_path})", file=sys.stderr)
+        elif pl.capture_error is not None:
             code = EXIT_SOURCE
             print(f"edge: error: capture failed: {pl.capture_error}", file=sys.stderr)
         if pub:

@@ -191,6 +191,7 @@ class Pipeline:
         notify: Callable[[], None] | None = None,
         read_id: Callable[[Pass], str] | None = None,
         checkpoint: Callable[[int], None] | None = None,
+        keep_reads: bool = False,
     ):
         self.source = source
         self.recognizer = recognizer
@@ -209,7 +210,8 @@ class Pipeline:
         self.started = time.monotonic()
         self._capture_done = threading.Event()
         self.capture_error: Exception | None = None
-        self.reads: list[Read] = []
+        self.reads: list[Read] = []  # only filled with keep_reads (tests, benchmarks): a service runs for months
+        self.keep_reads = keep_reads
         self.read_id = read_id or (lambda p: uuid7(int((p.best.utc or datetime.now(UTC)).timestamp() * 1000)))
         self.checkpoint = checkpoint
         self._last_checkpoint = 0.0
@@ -246,7 +248,8 @@ class Pipeline:
             except queue.Empty:
                 if self._capture_done.is_set() or self.stop_event.is_set():
                     break
-                self._emit(self.tracker.update([], time.monotonic()))  # live sources: end tracks on time
+                if not blocking_queue:  # live sources: end tracks on time (files keep video time)
+                    self._emit(self.tracker.update([], time.monotonic()))
                 continue
             self.counts["processed"] += 1
             t0 = time.perf_counter()
@@ -274,7 +277,8 @@ class Pipeline:
         self.stop_event.set()
         th.join(5)
         self._emit(self.tracker.flush())
-        self.source.close()
+        if not th.is_alive():  # never free a capture another thread may still be reading from
+            self.source.close()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -348,7 +352,8 @@ class Pipeline:
             self.outbox.put(rec.read_id, self.o.topic, rec.to_json())
             self.times.add("record_ms", (time.perf_counter() - t0) * 1000)
             self.counts["reads"] += 1
-            self.reads.append(rec)
+            if self.keep_reads:
+                self.reads.append(rec)
             if self.notify:
                 self.notify()
             if self.on_read:

@@ -149,6 +149,7 @@ class TrackerConfig:
     min_confidence: float = 0.6  # voted confidence below this: not a pass
     towards_ratio: float = 1.12  # plate height grew by this factor: towards the camera
     lateral_frac: float = 0.05  # centre moved this fraction of the frame width: left/right
+    keep_after_emit: int = 32  # observations kept for a track that has already been emitted
 
 
 class Tracker:
@@ -183,7 +184,7 @@ class Tracker:
                 continue
             used_o.add(oi)
             used_t.add(ti)
-            self.tracks[ti].obs.append(observations[oi])
+            self._append(self.tracks[ti], observations[oi])
         for oi, o in enumerate(observations):
             if oi not in used_o:
                 self.tracks.append(Track(self._next, [o]))
@@ -195,6 +196,19 @@ class Tracker:
                     out.append(p)
                     tr.emitted = True
         return out
+
+    def _append(self, tr: Track, o: Observation) -> None:
+        """Add an observation; keep memory bounded: a payload (image patch) only on the best
+        observation so far, and for a track already emitted only its recent observations."""
+        best = max((x for x in tr.obs if x.payload is not None), key=lambda x: (x.confidence, x.box[2] - x.box[0]), default=None)
+        if best is not None and o.payload is not None:
+            if (o.confidence, o.box[2] - o.box[0]) > (best.confidence, best.box[2] - best.box[0]):
+                best.payload = None
+            else:
+                o.payload = None
+        tr.obs.append(o)
+        if tr.emitted and len(tr.obs) > self.c.keep_after_emit:
+            del tr.obs[1 : len(tr.obs) - self.c.keep_after_emit + 1]
 
     def flush(self) -> list[Pass]:
         """End every open track (end of stream, shutdown)."""
@@ -208,7 +222,8 @@ class Tracker:
         text, conf, cc, cands = vote(tr.obs)
         if conf < self.c.min_confidence or len(text) < 2:
             return None
-        agreeing = [o for o in tr.obs if o.text == text] or tr.obs
+        with_image = [o for o in tr.obs if o.payload is not None]
+        agreeing = [o for o in with_image if o.text == text] or with_image or [o for o in tr.obs if o.text == text] or tr.obs
         best = max(agreeing, key=lambda o: (o.confidence, o.box[2] - o.box[0]))
         return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), *self._direction(tr), reason)
 

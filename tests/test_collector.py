@@ -27,8 +27,11 @@ IMG = base64.b64encode(jpeg_of_size(20_000)).decode()
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-def good(i: int, when: datetime = NOW, text: str | None = None, lat=47.0, lon=15.0, camera="cam-1", site="north") -> bytes:
+def good(i: int, when: datetime = NOW, text: str | None = None, lat=47.0, lon=15.0, camera="cam-1", site="north",
+         device: str | None = None) -> bytes:
     d = json.loads(payload(i, IMG, when))
+    if device:
+        d["device"]["id"] = device
     if text:
         d["plate"]["text"] = text
         d["plate"]["char_confidences"] = [0.9] * len(text)
@@ -97,10 +100,10 @@ def test_fuzzed_payloads_mixed_with_valid_ones(store):
     n = 10000 if store.engine == "sqlite" else 3000
     for i in range(n):
         if rng.random() < 0.3:
-            msgs.append(("lpr/v1/d/reads", good(i)))
+            msgs.append((f"lpr/v1/dev-{i % 8}/reads", good(i)))
             valid += 1
         else:
-            msgs.append(("lpr/v1/d/reads", hostile(rng)))
+            msgs.append((f"lpr/v1/dev-{i % 8}/reads", hostile(rng)))
     tot_stored = tot_rej = 0
     for i in range(0, len(msgs), 250):
         r = ing.ingest(msgs[i : i + 250])
@@ -126,6 +129,23 @@ def test_reasons_name_the_problem():
         validate(b"[" * 100 + b"]" * 100)
     with pytest.raises(Reject, match="invalid field plate"):
         validate(json.dumps({**json.loads(good(1)), "plate": {}}).encode())
+    with pytest.raises(Reject, match="does not match the topic"):
+        validate(good(1), "lpr/v1/dev-2/reads")  # good(1) comes from dev-1
+    validate(good(1), "lpr/v1/dev-1/reads")
+    d = json.loads(good(1))
+    d["camera"]["site"] = "north\u0000gate"
+    with pytest.raises(Reject, match="control characters"):
+        validate(json.dumps(d).encode())
+    # a small JPEG whose header claims 30000 x 30000 pixels is refused before decoding
+    raw = bytearray(base64.b64decode(IMG))
+    i = 2
+    while raw[i + 1] not in (0xC0, 0xC2):
+        i += 2 + int.from_bytes(raw[i + 2 : i + 4], "big")
+    raw[i + 5 : i + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    d = json.loads(good(1))
+    d["images"]["plate_jpeg"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(Reject, match="larger than"):
+        validate(json.dumps(d).encode())
 
 
 def test_redelivery_is_stored_once_and_images_by_hash(store):
@@ -269,7 +289,7 @@ def test_two_collectors_on_one_postgres_share_the_stream(postgres, tmp_path):
             assert c.connected.wait(10)
         n = 400
         for i in range(n):
-            ob.put(f"r{i}", pub.t["reads"], good(i))
+            ob.put(f"r{i}", pub.t["reads"], good(i, device="dev-x"))
         pub.start()
         assert pub.flush(60)
         end = time.monotonic() + 60
@@ -297,7 +317,7 @@ def test_collector_keeps_queue_while_down_persistent_session(tmp_path):
     ob = Outbox(tmp_path / "o.db")
     pub = Publisher(MqttSettings(port=b.port), "dev-y", ob)
     for i in range(30):
-        ob.put(f"p{i}", pub.t["reads"], good(i))
+        ob.put(f"p{i}", pub.t["reads"], good(i, device="dev-y"))
     pub.start()
     try:
         assert pub.flush(20)
@@ -352,21 +372,36 @@ def test_http_api_needs_a_token_and_a_case(tmp_path):
 
 def test_cli_bootstrap_query_and_audit_verify(tmp_path):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
-    assert run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).returncode == 0
+
+    def token(r):
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip().rsplit(" ", 1)[1]
+
+    root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
     assert run_edge("users", "add", "eve", "--role", "admin", "--bootstrap", "--db", db).returncode == 2
-    assert run_edge("users", "add", "sam", "--role", "supervisor", "--user", "root", "--db", db).returncode == 0
-    assert run_edge("users", "add", "ann", "--role", "investigator", "--user", "root", "--db", db).returncode == 0
-    assert run_edge("cases", "open", "K-1", "--user", "sam", "--db", db).returncode == 0
+    sam = token(run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db))
+    ann = token(run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db))
+    r = run_edge("users", "add", "mallory", "--role", "admin", "--token", ann, "--db", db)
+    assert r.returncode == 2 and "may not" in r.stderr  # only an admin adds users
+    r = run_edge("users", "add", "x", "--role", "admin", "--db", db)
+    assert r.returncode == 2 and "API token" in r.stderr  # a bare name is not an identity
+    assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     Ingestor(Store(db)).ingest([("t", good(1, datetime.now(UTC) - timedelta(hours=3), "CLI1234"))])
-    r = run_edge("query", "--user", "ann", "--case", "K-1", "--plate", "CLI1234", "--days", "1", "--db", db)
+    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--days", "1", "--db", db)
     assert r.returncode == 0 and "CLI1234" in r.stdout
-    r = run_edge("query", "--user", "ann", "--case", "K-1", "--plate", "CLI1234", "--db", db)
+    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--db", db)
     assert r.returncode == 3 and "approve" in r.stderr
     req = r.stderr.split("request ")[1].split()[0]
-    assert run_edge("approve", req, "--user", "sam", "--db", db).returncode == 0
+    r = run_edge("approve", req, "--token", ann, "--db", db)
+    assert r.returncode == 2  # the investigator cannot approve their own query
+    assert run_edge("approve", req, "--token", sam, "--db", db).returncode == 0
     out = tmp_path / "export.json"
-    r = run_edge("query", "--user", "ann", "--case", "K-1", "--plate", "CLI1234", "--approval", req, "--export", str(out), "--db", db)
+    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--approval", req, "--export", str(out), "--db", db)
     assert r.returncode == 0 and json.loads(out.read_text())[0]["plate"]["text"] == "CLI1234"
+    r = run_edge("retention", "--token", sam, "--db", db)
+    assert r.returncode == 2  # retention is an admin's job
+    assert run_edge("retention", "--token", root, "--retention-days", "0", "--db", db).returncode == 2
+    assert run_edge("retention", "--token", root, "--db", db).returncode == 0
     r = run_edge("audit", "verify", "--db", db)
     assert r.returncode == 0 and "intact" in r.stdout
     con = sqlite3.connect(tmp_path / "cli.db")
@@ -374,5 +409,10 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
     con.commit()
     r = run_edge("audit", "verify", "--db", db)
     assert r.returncode == 1 and "entry 2" in r.stderr
-    r = run_edge("query", "--user", "ann", "--plate", "X", "--db", "postgresql://nobody@127.0.0.1:1/x")
+    r = run_edge("query", "--token", ann, "--plate", "X", "--db", "postgresql://nobody@127.0.0.1:1/x")
     assert r.returncode == 2 and "cannot connect" in r.stderr
+
+
+def test_bench_collector_command(tmp_path):
+    r = run_edge("bench-collector", "--db", f"sqlite:///{tmp_path / 'b.db'}", "--n", "200", "--batch", "50")
+    assert r.returncode == 0 and "reads/s" in r.stdout

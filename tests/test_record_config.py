@@ -95,8 +95,10 @@ port = 1883
 def test_config_loads_and_env_overrides(tmp_path):
     f = tmp_path / "d.toml"
     f.write_text(GOOD.format(state=tmp_path))
-    cfg = load_config(f, env={"EDGE_MQTT__PORT": "8883", "EDGE_CAMERA__SITE": "north gate", "OTHER": "x"})
+    cfg = load_config(f, env={"EDGE_MQTT__PORT": "8883", "EDGE_CAMERA__SITE": "north gate", "OTHER": "x",
+                              "EDGE_MQTT__PROTOCOL": "5", "EDGE_DEVICE__ID": "1234", "EDGE_PIPELINE__MOTION_GATE": "false"})
     assert cfg.mqtt.port == 8883 and cfg.camera.site == "north gate" and cfg.gps.lat == 47.07
+    assert cfg.mqtt.protocol == "5" and cfg.device.id == "1234" and cfg.pipeline.motion_gate is False
     assert cfg.outbox_path == tmp_path / "outbox.db"
 
 

@@ -23,7 +23,7 @@ def truth(clip: Path) -> dict:
 def replay(clip: Path, recognizer, tmp: Path) -> list[Read]:
     ob = Outbox(tmp / f"{clip.stem}.db")
     pl = Pipeline(VideoFileSource(clip, pace=False), recognizer, ob, Identity("test", Camera(id="c", owner="o")),
-                  FixedGps(47.0, 15.0), PipelineOptions(topic="t"))
+                  FixedGps(47.0, 15.0), PipelineOptions(topic="t"), keep_reads=True)
     pl.run(blocking_queue=True)
     assert ob.backlog() == len(pl.reads)  # every read is in the outbox
     ob.close()

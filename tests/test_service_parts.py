@@ -60,7 +60,7 @@ def test_encode_jpeg_respects_the_limit():
 def test_idle_scene_is_gated_and_reads_build_valid_records(recognizer, tmp_path):
     ob = Outbox(tmp_path / "o.db")
     pl = Pipeline(VideoFileSource(IDLE, pace=False), recognizer, ob, Identity("d", Camera(id="c", owner="o")), NoGps(),
-                  PipelineOptions(topic="t", motion_gate=True))
+                  PipelineOptions(topic="t", motion_gate=True), keep_reads=True)
     pl.run(blocking_queue=True)
     h = pl.health()
     assert h["frames"]["processed"] == 150

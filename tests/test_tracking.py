@@ -94,3 +94,14 @@ def test_low_confidence_track_is_dropped():
         o.confidence = 0.2
         o.char_confidences = (0.2,) * 7
     assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
+
+
+def test_memory_stays_bounded_for_a_parked_car():
+    tr = Tracker(TrackerConfig(max_duration_s=2.0))
+    for i in range(2000):  # 200 s of a car that never leaves
+        o = obs("PARK123", (100, 100, 180, 120), i / 10, conf=0.8 + (i % 7) / 100)
+        o.payload = bytearray(1000)
+        tr.update([o], o.t)
+    t = tr.tracks[0]
+    assert t.emitted and len(t.obs) <= 33
+    assert sum(1 for o in t.obs if o.payload is not None) <= 1

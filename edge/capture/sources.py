@@ -114,6 +114,7 @@ class OpenCVSource(FrameSource):
     ):
         self.source, self.width, self.height, self.fps = source, width, height, fps
         self.retry_max_s = retry_max_s
+        self.open_timeout_s = open_timeout_s
         self.stop_event = stop or threading.Event()
         self.wall = wall
         self.reconnects = 0
@@ -127,7 +128,12 @@ class OpenCVSource(FrameSource):
 
     def _open(self) -> cv2.VideoCapture | None:
         src: int | str = int(self.source) if self.source.isdigit() else self.source
-        cap = cv2.VideoCapture(src, cv2.CAP_V4L2) if _is_device(self.source) else cv2.VideoCapture(src)
+        # a stalled stream must not block forever: bounded open and read times
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000]
+        if _is_device(self.source):
+            cap = cv2.VideoCapture(src, cv2.CAP_V4L2)
+        else:
+            cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             return None

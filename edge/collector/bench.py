@@ -50,14 +50,17 @@ def run(store: Store, n: int = 3000, batch: int = 100, stream=sys.stdout) -> dic
     now = datetime.now(UTC)
     # distinct images (as distinct plates would be), about 20 KB each
     imgs = [base64.b64encode(jpeg_of_size(20_000, s)).decode() for s in range(16)]
-    msgs = [("lpr/v1/bench/reads", payload(i, imgs[i % len(imgs)] if i % 16 else imgs[0], now)) for i in range(n)]
+    msgs = [(f"lpr/v1/dev-{i % 8}/reads", payload(i, imgs[i % len(imgs)] if i % 16 else imgs[0], now)) for i in range(n)]
     rates = []
+    stored = 0
     t_all = time.perf_counter()
     for i in range(0, n, batch):
         t0 = time.perf_counter()
-        ing.ingest(msgs[i : i + batch])
+        stored += ing.ingest(msgs[i : i + batch]).stored
         rates.append(len(msgs[i : i + batch]) / (time.perf_counter() - t0))
     total = time.perf_counter() - t_all
+    if stored != n:
+        raise RuntimeError(f"bench: only {stored} of {n} reads were stored")
     res = {"engine": store.engine, "reads": n, "batch": batch, "image_bytes": len(base64.b64decode(imgs[1])),
            "reads_per_s": round(n / total, 1), "batch_rate_median": round(statistics.median(rates), 1)}
     print(f"ingest {store.engine}: {n} reads with ~{res['image_bytes'] // 1000} KB images in batches of {batch}: "

@@ -29,6 +29,17 @@ def _gov(args):
     return Governance(store, pol)
 
 
+def _actor(gov, args) -> str:
+    """Who is asking: the user whose API token is given (--token or EDGE_TOKEN), never a bare name."""
+    token = getattr(args, "token", None) or os.environ.get("EDGE_TOKEN")
+    if not token:
+        raise CollectorUserError("this needs your API token: --token TOKEN or EDGE_TOKEN (printed once by `edge users add`)")
+    user = gov.user_for_token(token)
+    if not user:
+        raise CollectorUserError("unknown API token")
+    return user
+
+
 def _hostport(v: str, what: str) -> tuple[str, int]:
     host, _, port = v.rpartition(":")
     if not host or not port.isdigit():
@@ -107,7 +118,7 @@ def cmd_query(args) -> int:
 
     gov = _gov(args)
     try:
-        rows = search(gov, args.user, args.case, _query_args(args), args.approval, export=bool(args.export))
+        rows = search(gov, _actor(gov, args), args.case, _query_args(args), args.approval, export=bool(args.export))
     except NeedsApproval as e:
         print(f"edge query: approval needed: {e}", file=sys.stderr)
         return 3
@@ -134,7 +145,7 @@ def cmd_approve(args) -> int:
 
     gov = _gov(args)
     try:
-        gov.approve(args.user, args.request)
+        gov.approve(_actor(gov, args), args.request)
     except (AccessDenied, ValueError) as e:
         print(f"edge approve: error: {e}", file=sys.stderr)
         return 2
@@ -167,8 +178,8 @@ def cmd_users_add(args) -> int:
                 raise AccessDenied("the bootstrap user must be an admin")
             actor = args.name
         else:
-            gov.require(args.user, "admin")
-            actor = args.user
+            actor = _actor(gov, args)
+            gov.require(actor, "admin")
         token = gov.add_user(actor, args.name, args.role)
     except (AccessDenied, ValueError) as e:
         print(f"edge users: error: {e}", file=sys.stderr)
@@ -181,13 +192,14 @@ def cmd_cases(args) -> int:
     from edge.collector.governance import AccessDenied
 
     gov = _gov(args)
+    actor = _actor(gov, args)
     try:
         if args.action == "open":
-            gov.open_case(args.user, args.case, args.title or "")
+            gov.open_case(actor, args.case, args.title or "")
         elif args.action == "close":
-            gov.close_case(args.user, args.case)
+            gov.close_case(actor, args.case)
         else:
-            n = gov.hold(args.user, args.case, args.reads)
+            n = gov.hold(actor, args.case, args.reads)
             print(f"{n} read(s) held for case {args.case}")
             return 0
     except (AccessDenied, ValueError) as e:
@@ -198,8 +210,18 @@ def cmd_cases(args) -> int:
 
 
 def cmd_retention(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    if args.retention_days <= 0:
+        raise CollectorUserError(f"--retention-days must be more than 0, got {args.retention_days}")
     gov = _gov(args)
-    print(json.dumps(gov.retention(args.user)))
+    actor = _actor(gov, args)
+    try:
+        gov.require(actor, "admin")
+    except AccessDenied as e:
+        print(f"edge retention: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(gov.retention(actor)))
     return 0
 
 
@@ -230,7 +252,7 @@ def register(sub) -> None:
 
     q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")
     db(q)
-    q.add_argument("--user", required=True)
+    q.add_argument("--token", help="your API token (or EDGE_TOKEN)")
     q.add_argument("--case", help="the open case that justifies this query")
     q.add_argument("--plate")
     q.add_argument("--match", default="exact", choices=["exact", "wildcard", "fuzzy"])
@@ -250,7 +272,7 @@ def register(sub) -> None:
     a = sub.add_parser("approve", help="collector: a supervisor approves a movement-history query")
     db(a)
     a.add_argument("request")
-    a.add_argument("--user", required=True)
+    a.add_argument("--token", help="the approving supervisor's API token (or EDGE_TOKEN)")
     a.set_defaults(func=cmd_approve)
 
     au = sub.add_parser("audit", help="collector: audit log tools")
@@ -265,7 +287,7 @@ def register(sub) -> None:
     db(ua)
     ua.add_argument("name")
     ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
-    ua.add_argument("--user", help="the admin doing this")
+    ua.add_argument("--token", help="the admin's API token (or EDGE_TOKEN)")
     ua.add_argument("--bootstrap", action="store_true", help="create the first admin of an empty database")
     ua.set_defaults(func=cmd_users_add)
 
@@ -274,7 +296,7 @@ def register(sub) -> None:
     cs.add_argument("action", choices=["open", "close", "hold"])
     cs.add_argument("case")
     cs.add_argument("reads", nargs="*", help="read ids to hold (hold)")
-    cs.add_argument("--user", required=True)
+    cs.add_argument("--token", help="your API token (or EDGE_TOKEN)")
     cs.add_argument("--title")
     cs.set_defaults(func=cmd_cases)
 
@@ -282,7 +304,7 @@ def register(sub) -> None:
     db(r)
     r.add_argument("--retention-days", type=float, default=30.0)
     r.add_argument("--cache-hours", type=float, default=4.0)
-    r.add_argument("--user", default="system")
+    r.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
     r.set_defaults(func=cmd_retention)
 
     b = sub.add_parser("bench-collector", help="collector: ingest reads/s with 20 KB images")

@@ -16,6 +16,7 @@ inserted or removed row (the head is also written to a file outside the database
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -77,8 +78,14 @@ class Governance:
             h = hashlib.sha256(f"{prev}|{seq}|{ts}|{actor}|{action}|{d}".encode()).hexdigest()
             self.s.execute("INSERT INTO audit (seq, ts, actor, action, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (seq, ts, actor, action, d, prev, h))
-        if self.p.audit_head_file:
-            Path(self.p.audit_head_file).write_text(f"{seq} {h}\n")
+            if self.p.audit_head_file:  # inside the writers' lock, replaced atomically
+                head = Path(self.p.audit_head_file)
+                tmp = head.with_name(head.name + ".tmp")
+                with open(tmp, "w") as f:
+                    f.write(f"{seq} {h}\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, head)
         return h
 
     def verify_audit(self) -> list[str]:
@@ -97,7 +104,11 @@ class Governance:
                 problems.append(f"entry {seq}: content was changed")
             prev, expect = h, seq + 1
         if self.p.audit_head_file and Path(self.p.audit_head_file).exists():
-            head_seq, head_hash = Path(self.p.audit_head_file).read_text().split()
+            try:
+                head_seq, head_hash = Path(self.p.audit_head_file).read_text().split()
+                int(head_seq)
+            except ValueError:
+                return problems + [f"the head file {self.p.audit_head_file} is unreadable"]
             if int(head_seq) != expect - 1 or head_hash != prev:
                 problems.append(f"the log ends at entry {expect - 1} but the recorded head is entry {head_seq}: entries were removed")
         return problems
@@ -203,7 +214,10 @@ class Governance:
                 raise AccessDenied(f"approval {approval} has not been granted yet")
             if used:
                 raise AccessDenied(f"approval {approval} was already used")
-            self.s.execute("UPDATE approvals SET used = ? WHERE id = ?", (self.now_ms(), approval))
+            with self.s.tx(exclusive=True):  # used once, even by two processes at the same moment
+                n = self.s.execute("UPDATE approvals SET used = ? WHERE id = ? AND used IS NULL", (self.now_ms(), approval)).rowcount
+            if n != 1:
+                raise AccessDenied(f"approval {approval} was already used")
             return approval
         raise NeedsApproval(self.request_approval(actor, case_id, query))
 

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import queue
+import re
 import statistics
 import threading
 import time
@@ -63,7 +64,28 @@ def _depth_ok(raw: bytes, limit: int = 32) -> bool:
     return True
 
 
-def validate(payload: bytes) -> Read:
+MAX_IMAGE_SIDE = 4096
+_CONTROL = re.compile(rb"\\u00[01][0-9a-fA-F]")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF header, without decoding it; None if there is none."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + seg
+    return None
+
+
+def validate(payload: bytes, topic: str | None = None) -> Read:
     """The record, or Reject with a one-line reason."""
     if len(payload) > MAX_PAYLOAD:
         raise Reject(f"oversized: {len(payload)} bytes (limit {MAX_PAYLOAD})")
@@ -78,6 +100,8 @@ def validate(payload: bytes) -> Read:
         raise Reject(f"not JSON: {str(e)[:120]}") from None
     if not isinstance(obj, dict):
         raise Reject("not a JSON object")
+    if _CONTROL.search(payload):
+        raise Reject("control characters in text fields")
     schema = obj.get("schema")
     if schema != SCHEMA_ID:
         raise Reject(f"wrong schema version: {str(schema)[:40]!r} (expected {SCHEMA_ID})")
@@ -87,10 +111,18 @@ def validate(payload: bytes) -> Read:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise Reject(f"invalid field {where}: {err['msg'][:160]} ({e.error_count()} error(s))") from None
+    if topic is not None:
+        parts = topic.split("/")
+        if len(parts) >= 2 and parts[-1] == "reads" and parts[-2] != rec.device.id:
+            raise Reject(f"device.id {rec.device.id!r} does not match the topic's device {parts[-2]!r}")
     for name in ("plate_jpeg", "vehicle_jpeg"):
         b64 = getattr(rec.images, name)
         if b64 is not None:
-            img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_COLOR)
+            raw = base64.b64decode(b64)
+            size = jpeg_size(raw)
+            if size is None or not (0 < size[0] <= MAX_IMAGE_SIDE and 0 < size[1] <= MAX_IMAGE_SIDE):
+                raise Reject(f"bad image: images.{name} has no usable JPEG header or is larger than {MAX_IMAGE_SIDE} px")
+            img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
             if img is None:
                 raise Reject(f"bad image: images.{name} does not decode as JPEG")
     return rec
@@ -145,7 +177,7 @@ class Ingestor:
         with self.store.tx():
             for topic, payload in batch:
                 try:
-                    rec = validate(payload)
+                    rec = validate(payload, topic)
                 except Reject as e:
                     self.store.insert_reject(now, topic, str(e), payload)
                     res.rejected += 1
@@ -163,6 +195,13 @@ class Ingestor:
             if res.rejected:
                 self.store.bump("rejected", res.rejected)
         return res
+
+    def reject(self, topic: str, reason: str, payload: bytes) -> None:
+        now = int(self.clock() * 1000)
+        with self.store.tx():
+            self.store.insert_reject(now, topic, reason, payload)
+            self.store.bump("received", 1)
+            self.store.bump("rejected", 1)
 
     def health(self) -> dict:
         c = self.store.counters()
@@ -236,15 +275,40 @@ class Collector:
                     batch.append(self.q.get(timeout=max(0.0, end - time.monotonic())))
                 except queue.Empty:
                     break
-            try:
-                self.ing.ingest([(t, p) for t, p, _, _ in batch])
-            except Exception as e:  # storage trouble: no PUBACK, the broker will redeliver
-                log.error("storing a batch failed (%s); the broker will redeliver it", e)
-                time.sleep(1.0)
-                continue
+            self._store(batch)
             for _, _, mid, qos in batch:
                 if qos > 0:
                     self.client.ack(mid, qos)
+
+    def _store(self, batch) -> None:
+        """Commit the batch before any PUBACK. Storage trouble is retried (the messages are held,
+        never dropped); a message that fails on its own after that goes to rejects, so one bad
+        message cannot stall the stream."""
+        msgs = [(t, p) for t, p, _, _ in batch]
+        delay = 0.5
+        for _attempt in range(6):
+            try:
+                self.ing.ingest(msgs)
+                return
+            except Exception as e:
+                log.error("storing a batch of %d failed (%s); retrying in %.1f s", len(msgs), e, delay)
+                self.ing.store.recover()
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for m in msgs:  # one at a time: find the message the store cannot take
+            while True:
+                try:
+                    self.ing.ingest([m])
+                    break
+                except Exception as e:
+                    self.ing.store.recover()
+                    try:
+                        self.ing.reject(m[0], f"store failed: {str(e).splitlines()[0][:200]}", m[1])
+                        break
+                    except Exception as e2:  # the store itself is down: wait for it, keep the message
+                        log.error("store unavailable (%s); holding the message", e2)
+                        time.sleep(5.0)
+                        self.ing.store.recover()
 
     def stop(self) -> None:
         self.stop_event.set()

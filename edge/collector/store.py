@@ -109,11 +109,30 @@ class Store:
             for stmt in SCHEMA:
                 self.execute(stmt.format(blob=blob, serial=serial))
 
+    def recover(self) -> None:
+        """After an error: roll back what is open, and reconnect to PostgreSQL if the link dropped."""
+        with self.lock:
+            if self.engine == "sqlite":
+                try:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                return
+            import psycopg
+
+            if self.conn.closed or self.conn.broken:
+                try:
+                    self.conn = psycopg.connect(self.url, autocommit=True)
+                except psycopg.Error:
+                    pass
+
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.engine == "postgresql" else sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
-        return self.conn.execute(self._sql(sql), tuple(params))
+        with self.lock:
+            return self.conn.execute(self._sql(sql), tuple(params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self.lock:
@@ -150,7 +169,8 @@ class Store:
 
     def put_image(self, data: bytes) -> str:
         h = sha256(data)
-        self.execute("INSERT INTO images (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING", (h, data))
+        # DO UPDATE (not DO NOTHING) locks an existing row, so retention cannot delete it under us
+        self.execute("INSERT INTO images (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO UPDATE SET hash = excluded.hash", (h, data))
         return h
 
     def insert_read(self, row: dict) -> bool:
