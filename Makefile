@@ -7,7 +7,7 @@ DATA ?= ../shared/datasets
 THREADS ?= 1
 APT_PKGS := mosquitto fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-croscore
 
-.PHONY: setup setup-train system-packages demo test lint eval eval-crops bench models fixtures testset clean
+.PHONY: setup setup-train system-packages demo test test-image image lint eval eval-crops bench models fixtures testset clean
 
 system-packages:
 	@bash deploy/host-packages.sh $(APT_PKGS)
@@ -31,6 +31,13 @@ demo: setup
 test: setup-train
 	@bash deploy/host-packages.sh postgresql
 	$(BIN)/python -m pytest -q tests
+
+# The arm64 image: root filesystem under qemu-user, first boot, image layout (needs root; slow)
+test-image: setup-train
+	EDGE_IMAGE_TESTS=1 $(BIN)/python -m pytest -q tests/test_image.py
+
+image: setup
+	bash deploy/image/build build/image
 
 lint: setup
 	$(BIN)/ruff check edge tests models/train

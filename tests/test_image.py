@@ -1,0 +1,151 @@
+"""The arm64 device image (deploy/image/build): the reader runs in the root filesystem under
+qemu-user emulation, and the flashable image is inspected without mounting it.
+
+Building needs root (chroot, binfmt_misc) and Debian's package archive; the build is cached under
+build/ between runs of the same sources. They run when EDGE_IMAGE_TESTS=1 (`make test-image`).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.skipif(os.environ.get("EDGE_IMAGE_TESTS") != "1", reason="image build tests run with EDGE_IMAGE_TESTS=1 (make test-image)")
+
+CLIP = ROOT / "fixtures" / "videos" / "07_mixed_styles.mp4"
+SOURCES = ["deploy/image/build", "deploy/image/install-edge.sh", "deploy/image/edge-firstboot.sh", "pyproject.toml",
+           "models/plate_detector.onnx", "models/plate_reader.onnx", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py"))]
+
+
+def sources_digest() -> str:
+    h = hashlib.sha256()
+    for s in SOURCES:
+        h.update(s.encode() + (ROOT / s).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(out: Path, lean: bool) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("building the image needs root (chroot, binfmt_misc)")
+    stamp = out / "sources.sha"
+    done = out / ("rootfs" if lean else "edge-lpr-arm64.img")
+    if stamp.exists() and stamp.read_text() == sources_digest() and done.exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "LEAN": "1" if lean else "0", "PY": str(ROOT / ".venv" / "bin" / "python")}
+    r = subprocess.run(["bash", "deploy/image/build", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, (r.stdout[-3000:] + r.stderr[-3000:])
+    stamp.write_text(sources_digest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def lean():
+    return build(ROOT / "build" / "image-lean", lean=True)
+
+
+def test_reader_runs_in_the_arm64_rootfs_under_emulation(lean, tmp_path):
+    rootfs = lean / "rootfs"
+    assert "ARM aarch64" in subprocess.run(["file", "-L", str(rootfs / "usr/bin/python3")], capture_output=True, text=True).stdout \
+        or (rootfs / "usr/lib/aarch64-linux-gnu").is_dir()
+    shutil.copy(CLIP, rootfs / "tmp" / "clip.mp4")
+    try:
+        r = subprocess.run(["chroot", str(rootfs), "/usr/bin/env", "EDGE_MODELS=/opt/edge/models", "HOME=/tmp",
+                            "/opt/edge/venv/bin/edge", "replay", "/tmp/clip.mp4", "--fast", "--json", "--outbox", "/tmp/o.db"],
+                           capture_output=True, text=True, timeout=1800)
+    finally:
+        (rootfs / "tmp" / "clip.mp4").unlink(missing_ok=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reads = sorted(json.loads(x)["plate"]["text"] for x in r.stdout.splitlines() if x.startswith("{"))
+    host = subprocess.run([str(ROOT / ".venv" / "bin" / "edge"), "replay", str(CLIP), "--fast", "--json", "--outbox",
+                           str(tmp_path / "h.db")], capture_output=True, text=True, timeout=600)
+    want = sorted(json.loads(x)["plate"]["text"] for x in host.stdout.splitlines() if x.startswith("{"))
+    print(f"arm64 reads {reads}, x86-64 reads {want}")
+    assert reads and reads == want
+
+
+def test_rootfs_has_the_service_and_no_secrets(lean):
+    rootfs = lean / "rootfs"
+    assert (rootfs / "etc/systemd/system/edge.service").exists()
+    assert (rootfs / "etc/systemd/system/multi-user.target.wants/edge.service").exists()
+    assert (rootfs / "opt/edge/venv/bin/edge").exists() and (rootfs / "opt/edge/models/plate_reader.onnx").exists()
+    unit = (rootfs / "etc/systemd/system/edge.service").read_text()
+    for key in ("Type=notify", "WatchdogSec=", "Restart=", "ProtectSystem=strict", "StateDirectory=", "LoadCredential=", "User=edge"):
+        assert key in unit
+    assert (rootfs / "etc/machine-id").read_text() == ""
+    assert not list((rootfs / "etc/ssh").glob("ssh_host_*"))
+    assert "PasswordAuthentication no" in (rootfs / "etc/ssh/sshd_config.d/10-edge.conf").read_text()
+    shadow = (rootfs / "etc/shadow").read_text()
+    assert all(line.split(":")[1] in ("*", "!", "!*", "!!") or line.split(":")[1].startswith("!") for line in shadow.splitlines())
+    assert not [p for p in (rootfs / "etc").rglob("*.key")]
+
+
+def test_firstboot_in_the_chroot(lean, tmp_path):
+    rootfs = lean / "rootfs"
+    ca = tmp_path / "ca"
+    subprocess.run([str(ROOT / ".venv/bin/edge"), "provision", "ca", "--ca-dir", str(ca)], check=True, capture_output=True)
+    boot = rootfs / "boot" / "firmware"
+    boot.mkdir(parents=True, exist_ok=True)
+    bundle = boot / "edge-bundle"
+    shutil.rmtree(bundle, ignore_errors=True)
+    subprocess.run([str(ROOT / ".venv/bin/edge"), "provision", "device", "gate-9", "--ca-dir", str(ca), "--out", str(bundle),
+                    "--owner", "Agency"], check=True, capture_output=True)
+    saved = {p: (rootfs / p).read_bytes() for p in ("etc/hostname", "etc/hosts") if (rootfs / p).exists()}
+    try:
+        # its own UTS namespace, so setting the hostname inside cannot touch this machine's
+        r = subprocess.run(["unshare", "--uts", "chroot", str(rootfs), "/usr/bin/env", "ROOT=", "/usr/local/sbin/edge-firstboot"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        key = rootfs / "etc/edge/credentials/device.key"
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        uid = int([x for x in (rootfs / "etc/passwd").read_text().splitlines() if x.startswith("edge:")][0].split(":")[2])
+        assert key.stat().st_uid == uid
+        assert not bundle.exists()
+        assert (rootfs / "etc/hostname").read_text().strip() == "gate-9"
+    finally:  # leave the cached root filesystem as the build made it
+        shutil.rmtree(rootfs / "etc/edge", ignore_errors=True)
+        (rootfs / "etc/edge").mkdir()
+        shutil.rmtree(boot, ignore_errors=True)
+        for p, data in saved.items():
+            (rootfs / p).write_bytes(data)
+        for k in (rootfs / "etc/ssh").glob("ssh_host_*"):
+            k.unlink()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return build(ROOT / "build" / "image-full", lean=False)
+
+
+def test_image_layout_without_mounting(image):
+    img = image / "edge-lpr-arm64.img"
+    digest = hashlib.sha256(img.read_bytes()).hexdigest()
+    assert (image / "edge-lpr-arm64.img.sha256").read_text().split()[0] == digest
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True).stdout)
+    parts = table["partitiontable"]["partitions"]
+    assert table["partitiontable"]["label"] == "dos" and [p["type"] for p in parts] == ["c", "83"]
+    boot_off = parts[0]["start"] * 512
+    listing = subprocess.run(["mdir", "-b", "-i", f"{img}@@{boot_off}", "::/"], capture_output=True, text=True, check=True).stdout
+    names = {line.rsplit("/", 1)[-1] for line in listing.split()}
+    for f in ("config.txt", "cmdline.txt", "vmlinuz", "initrd.img"):
+        assert f in names, listing
+    assert any(n.endswith(".dtb") for n in names) and any(n.startswith("start") for n in names)
+    root = image / "root.part"
+    subprocess.run(["dd", f"if={img}", f"of={root}", "bs=512", f"skip={parts[1]['start']}", f"count={parts[1]['size']}",
+                    "status=none"], check=True)
+    try:
+        def debugfs(cmd):
+            return subprocess.run(["debugfs", "-R", cmd, str(root)], capture_output=True, text=True).stdout
+
+        assert "edge.service" in debugfs("ls /etc/systemd/system")
+        assert "edge" in debugfs("ls /opt/edge/venv/bin")
+        assert "ssh_host" not in debugfs("ls /etc/ssh")
+        assert ".key" not in debugfs("ls /etc/edge")
+    finally:
+        root.unlink(missing_ok=True)
