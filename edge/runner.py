@@ -196,6 +196,7 @@ class Runner:
                 motion_threshold=cfg.pipeline.motion_threshold, idle_detect_every_s=cfg.pipeline.idle_detect_every_s,
                 plate_jpeg_quality=cfg.record.plate_jpeg_quality, vehicle_image=cfg.record.vehicle_image,
                 vehicle_max_px=cfg.record.vehicle_max_px, topic=t["reads"], settle_frames=cfg.pipeline.settle_frames,
+                full_detect_every=cfg.pipeline.full_detect_every,
             ),
             tracker=Tracker(TrackerConfig(max_gap_s=cfg.tracking.max_gap_s, max_duration_s=cfg.tracking.max_duration_s,
                                           min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence)),

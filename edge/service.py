@@ -33,6 +33,8 @@ from edge.outbox import Outbox
 from edge.record import Box, Camera, Device, Gps, Images, Plate, Read, Track, uuid7
 from edge.record import Candidate as RecCandidate
 from edge.tracking import Observation, Pass, Tracker, TrackerConfig, iou
+from edge.vision.detector import Detections
+from edge.vision.geometry import nms
 
 log = logging.getLogger("edge.service")
 
@@ -175,6 +177,8 @@ class PipelineOptions:
     topic: str = "lpr/v1/unknown/reads"
     settle_frames: int = 4  # a track read the same way this many frames running is not read again (0: always read)
     settle_confidence: float = 0.9
+    full_detect_every: int = 3  # with plates being tracked, look at the whole frame every Nth frame and
+    # only around the tracked plates in between (1: always the whole frame)
 
 
 class Pipeline:
@@ -212,6 +216,7 @@ class Pipeline:
         self.capture_error: Exception | None = None
         self.reads: list[Read] = []  # only filled with keep_reads (tests, benchmarks): a service runs for months
         self.keep_reads = keep_reads
+        self._since_full = 0
         self.read_id = read_id or (lambda p: uuid7(int((p.best.utc or datetime.now(UTC)).timestamp() * 1000)))
         self.checkpoint = checkpoint
         self._last_checkpoint = 0.0
@@ -298,9 +303,33 @@ class Pipeline:
                 return tr.last
         return None
 
+    def _detect(self, frame: Frame):
+        """Whole frame, or (between whole-frame looks) only the regions where tracked plates should be."""
+        det = self.recognizer.detector
+        tracks = [tr for tr in self.tracker.tracks if frame.t - tr.last.t <= self.tracker.c.max_gap_s]
+        if self.o.full_detect_every <= 1 or not tracks or self._since_full + 1 >= self.o.full_detect_every:
+            self._since_full = 0
+            self.counts["full_detections"] += 1
+            return det.detect(frame.image)
+        self._since_full += 1
+        s = frame.scale
+        boxes, scores = [], []
+        for tr in tracks:
+            x1, y1, x2, y2 = (v / s for v in tr.predicted_box(frame.t))
+            bw, bh = max(x2 - x1, 8.0), max(y2 - y1, 4.0)
+            region = (int(x1 - 1.0 * bw), int(y1 - 2.0 * bh), int(x2 + 1.0 * bw), int(y2 + 2.0 * bh))
+            d = det.detect_region(frame.image, region)
+            boxes.append(d.boxes)
+            scores.append(d.scores)
+        self.counts["region_detections"] += 1
+        b = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+        sc = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+        keep = nms(b, sc, 0.3) if len(sc) else np.zeros(0, np.int64)
+        return Detections(b[keep], sc[keep])
+
     def _observe(self, frame: Frame) -> list[Observation]:
         t0 = time.perf_counter()
-        dets = self.recognizer.detector.detect(frame.image)
+        dets = self._detect(frame)
         t1 = time.perf_counter()
         self.times.add("detect_ms", (t1 - t0) * 1000)
         self.counts["detections"] += len(dets)
