@@ -22,6 +22,8 @@ from typing import TextIO
 
 import cv2
 
+from edge.tracking import edit_distance, iou
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
 
@@ -35,28 +37,10 @@ def normalize(text: str, lenient: bool = False) -> str:
     return t.translate(str.maketrans("OI", "01")) if lenient else t
 
 
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def matches(pred_box, truth_box) -> bool:
     cx, cy = (truth_box[0] + truth_box[2]) / 2, (truth_box[1] + truth_box[3]) / 2
     inside = pred_box[0] <= cx <= pred_box[2] and pred_box[1] <= cy <= pred_box[3]
-    return inside or box_iou(pred_box, truth_box) >= 0.1
+    return inside or iou(pred_box, truth_box) >= 0.1
 
 
 @dataclass
