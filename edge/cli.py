@@ -14,7 +14,8 @@ class UserError(Exception):
 def _recognizer(args):
     from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir
 
-    cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads)
+    cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
+                           regions=tuple(args.region or ()))
     if getattr(args, "min_confidence", None) is not None:
         cfg.min_confidence = args.min_confidence
     return PlateRecognizer(cfg)
@@ -34,7 +35,11 @@ def cmd_eval(args) -> int:
         raise UserError("eval needs a folder (DIR) or --crops DIR")
     if not args.out:
         raise UserError("eval needs --out PRED.jsonl")
-    run_eval(Path(args.dir), Path(args.out), _recognizer(args))
+    try:
+        rec = _recognizer(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run_eval(Path(args.dir), Path(args.out), rec, region_from_folder=args.region_from_folder)
     return 0
 
 
@@ -231,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
+    e.add_argument("--region", action="append", help="plate formats of a region to read with (br, uk); repeatable")
+    e.add_argument("--region-from-folder", action="store_true",
+                   help="read each sub-folder named after a known region with its formats (like OpenALPR's -c per country)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("run", help="run the device service (camera -> MQTT)")

@@ -163,8 +163,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout) -> dict:
+def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, region_from_folder: bool = False) -> dict:
+    """`region_from_folder`: a sub-folder named after a known region (br, uk) reads with its plate
+    formats, as OpenALPR is run with -c per country."""
+    from edge.vision.reader import REGION_FORMATS
+
     truths = load_truth(root)
+    base_formats = recognizer.reader.formats
     tallies: dict[str, Tally] = {}
     prog = Progress(len(truths), "eval")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,8 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout) -> 
         for i, t in enumerate(truths, 1):
             frame = cv2.imread(str(t.image), cv2.IMREAD_COLOR)
             rec: dict = {"image": t.key, "plates": [], "ms": None}
+            if region_from_folder:
+                recognizer.reader.formats = REGION_FORMATS.get(t.key.split("/")[0], base_formats)
             if frame is None:
                 print(f"warning: cannot decode {t.image}; counted as not read", file=sys.stderr)
                 rec["error"] = "cannot decode image"

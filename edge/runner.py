@@ -135,7 +135,8 @@ class Runner:
 
         try:
             rec = PlateRecognizer(RecognizerConfig(model_dir=cfg.pipeline.model_dir or default_model_dir(),
-                                                   threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence))
+                                                   threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence,
+                                                   min_length=cfg.pipeline.min_length, regions=tuple(cfg.pipeline.regions)))
         except ModelError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
         from edge.outbox import OutboxError
@@ -199,7 +200,8 @@ class Runner:
                 full_detect_every=cfg.pipeline.full_detect_every,
             ),
             tracker=Tracker(TrackerConfig(max_gap_s=cfg.tracking.max_gap_s, max_duration_s=cfg.tracking.max_duration_s,
-                                          min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence)),
+                                          min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence,
+                                          repeat_window_s=cfg.tracking.repeat_window_s)),
             on_read=self._print,
             notify=pub.notify if pub else None,
             read_id=replay_read_id(state_key) if state_key else None,

@@ -150,6 +150,7 @@ class TrackerConfig:
     towards_ratio: float = 1.12  # plate height grew by this factor: towards the camera
     lateral_frac: float = 0.05  # centre moved this fraction of the frame width: left/right
     keep_after_emit: int = 32  # observations kept for a track that has already been emitted
+    repeat_window_s: float = 10.0  # the same plate again this soon (e.g. after an occlusion) is the same pass
 
 
 class Tracker:
@@ -158,6 +159,8 @@ class Tracker:
         self.distance = distance
         self.tracks: list[Track] = []
         self._next = 1
+        self.recent: list[tuple[str, float]] = []  # (text, last seen) of passes emitted lately
+        self.repeats = 0
 
     def update(self, observations: list[Observation], now: float) -> list[Pass]:
         out: list[Pass] = []
@@ -222,6 +225,13 @@ class Tracker:
         text, conf, cc, cands = vote(tr.obs)
         if conf < self.c.min_confidence or len(text) < 2:
             return None
+        t0 = tr.obs[0].t
+        self.recent = [(x, t) for x, t in self.recent if t0 - t <= self.c.repeat_window_s]
+        if any(text_similarity(text, x) >= 0.8 for x, _ in self.recent):
+            self.repeats += 1  # a plate hidden for a moment and seen again: not a second vehicle
+            self.recent.append((text, tr.last.t))
+            return None
+        self.recent.append((text, tr.last.t))
         with_image = [o for o in tr.obs if o.payload is not None]
         agreeing = [o for o in with_image if o.text == text] or with_image or [o for o in tr.obs if o.text == text] or tr.obs
         best = max(agreeing, key=lambda o: (o.confidence, o.box[2] - o.box[0]))

@@ -39,3 +39,19 @@ def test_two_row_sequence_reads_top_then_bottom():
     row0 = "-AB-C" + "-" * 5
     row1 = "--12-3" + "-" * 4
     assert ctc_greedy(probs(row0 + row1), CS).text == "ABC123"
+
+
+def test_format_prior_settles_look_alikes_only_when_close():
+    from edge.vision.reader import ctc_greedy
+
+    m = probs("LS-I5EBC")  # UK LLDDLLL, read with I where 1 belongs
+    i = CS.index("I") + 1
+    m[3, CS.index("1") + 1] = 0.3  # the 1 was a close second
+    assert ctc_greedy(m, CS).text == "LSI5EBC"
+    assert ctc_greedy(m, CS, formats=("LLDDLLL",)).text == "LS15EBC"
+    m[3, CS.index("1") + 1] = 0.001  # a confident I in a digit's place
+    m[3, i] = 0.99
+    assert ctc_greedy(m, CS, formats=("LLDDLLL",)).text == "LS15EBC"  # the glyph: I and 1 look alike
+    assert ctc_greedy(probs("LSX5EBC"), CS, formats=("LLDDLLL",)).text == "LSX5EBC"  # no look-alike: unchanged
+    ok = probs("ABC1234")  # fits a format already: untouched even if another format is close
+    assert ctc_greedy(ok, CS, formats=("LLLDDDD", "LLLDLDD")).text == "ABC1234"

@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import run_edge
 
-FLOORS = {"detected": 0.5, "exact": 0.2, "fp_per_image_max": 0.2, "crops_exact": 0.2}
+FLOORS = {"detected": 0.95, "exact": 0.48, "fp_per_image_max": 0.08, "crops_exact": 0.55}
 
 
 def table(stdout: str) -> dict[str, list[str]]:

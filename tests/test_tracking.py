@@ -64,7 +64,7 @@ def test_gap_splits_passes_and_max_duration_emits_once():
         frames[t] = [obs("PARK123", (100, 100, 180, 120), t)]
     passes = run(tr, frames, end=10.0)
     assert len(passes) == 1 and passes[0].reason == "max_duration"
-    tr2 = Tracker(TrackerConfig(max_gap_s=0.5))
+    tr2 = Tracker(TrackerConfig(max_gap_s=0.5, repeat_window_s=1.0))
     frames2 = {0.0: [obs("GAP1234", (100, 100, 180, 120), 0.0)], 0.1: [obs("GAP1234", (100, 100, 180, 120), 0.1)],
                2.0: [obs("GAP1234", (100, 100, 180, 120), 2.0)], 2.1: [obs("GAP1234", (100, 100, 180, 120), 2.1)]}
     assert [p.text for p in run(tr2, frames2, end=5.0)] == ["GAP1234", "GAP1234"]
@@ -105,3 +105,14 @@ def test_memory_stays_bounded_for_a_parked_car():
     t = tr.tracks[0]
     assert t.emitted and len(t.obs) <= 33
     assert sum(1 for o in t.obs if o.payload is not None) <= 1
+
+
+def test_a_plate_hidden_for_a_moment_is_one_pass():
+    tr = Tracker(TrackerConfig(max_gap_s=0.5, repeat_window_s=10))
+    frames = {}
+    for i in range(10):
+        frames[i / 10] = [obs("HIDE123", (100 + 5 * i, 100, 180 + 5 * i, 120), i / 10)]
+    for i in range(25, 35):  # occluded from 1.0 s to 2.5 s, then seen again further along
+        frames[i / 10] = [obs("HIDE123", (100 + 5 * i, 100, 180 + 5 * i, 120), i / 10)]
+    passes = run(tr, frames, end=10.0)
+    assert [p.text for p in passes] == ["HIDE123"] and tr.repeats == 1

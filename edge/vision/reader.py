@@ -18,37 +18,92 @@ class TextRead:
     char_confidences: tuple[float, ...]
 
 
-def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0) -> TextRead:
+# Formats that fix, position by position, whether a character is a letter (L) or a digit (D). A site
+# that knows its region names it (like OpenALPR's -c); a read that does not fit is re-read under the
+# format: first by the reader's own probabilities, then by swapping glyphs that look alike.
+REGION_FORMATS = {"br": ("LLLDDDD", "LLLDLDD"), "uk": ("LLDDLLL",)}
+FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
+TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
+TO_LETTER = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B", "6": "G", "7": "T", "4": "A"}
+
+
+def formats_for(regions) -> tuple[str, ...]:
+    out: list[str] = []
+    for r in regions or ():
+        if r not in REGION_FORMATS:
+            raise ValueError(f"unknown region {r!r} (known: {', '.join(sorted(REGION_FORMATS))})")
+        out += REGION_FORMATS[r]
+    return tuple(out)
+
+
+def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[str, ...] = ()) -> TextRead:
     """Best-path CTC decoding of a (T, C) probability matrix.
 
     Repeated symbols collapse unless separated by a blank; each emitted character's confidence is
-    the highest probability it had over the run of steps that produced it.
+    the highest probability it had over the run of steps that produced it. With `formats`, a read
+    of a format's length may be re-read under that format (see FORMATS).
     """
     probs = np.asarray(probs, np.float32)
     idx = probs.argmax(-1)
-    chars: list[str] = []
-    confs: list[float] = []
+    steps: list[int] = []
     prev = blank
     for t, i in enumerate(idx):
         i = int(i)
         if i != blank:
-            p = float(probs[t, i])
             if i != prev:
-                chars.append(charset[i - 1 if blank == 0 else i])
-                confs.append(p)
-            else:
-                confs[-1] = max(confs[-1], p)
+                steps.append(t)
+            elif probs[t, i] > probs[steps[-1], i]:
+                steps[-1] = t
         prev = i
-    if not confs:
+    if not steps:
         return TextRead("", 0.0, ())
+    off = 1 if blank == 0 else 0
+    cls = [int(idx[t]) for t in steps]
+    confs = [float(probs[t, c]) for t, c in zip(steps, cls)]
+    if formats:
+        cls, confs = _format_prior(probs, steps, cls, confs, charset, off, formats)
     conf = float(np.exp(np.mean(np.log(np.maximum(confs, 1e-9)))))
-    return TextRead("".join(chars), conf, tuple(round(c, 4) for c in confs))
+    return TextRead("".join(charset[c - off] for c in cls), conf, tuple(round(c, 4) for c in confs))
+
+
+def _format_prior(probs, steps, cls, confs, charset, off, formats):
+    def fits(f):
+        return len(f) == len(cls) and all(charset[c - off].isalpha() == (k == "L") for c, k in zip(cls, f))
+
+    if any(fits(f) for f in formats):
+        return cls, confs  # already a known format: leave it alone
+    best = (float(np.prod(confs)) * FORMAT_RATIO, cls, confs)
+    letters = np.array([c.isalpha() for c in charset])
+    for f in formats:
+        if len(f) != len(steps):
+            continue
+        new_cls, new_conf = [], []
+        for t, k in zip(steps, f):
+            p = probs[t, off : off + len(charset)]
+            allowed = np.where(letters if k == "L" else ~letters, p, -1.0)
+            j = int(allowed.argmax())
+            new_cls.append(j + off)
+            new_conf.append(float(p[j]))
+        score = float(np.prod(new_conf))
+        if score > best[0]:
+            best = (score, new_cls, new_conf)
+    if best[1] is not cls:
+        return best[1], best[2]
+    # the glyphs themselves: a Brazilian 1 is drawn like an I, a 0 like an O
+    text = [charset[c - off] for c in cls]
+    for f in formats:
+        if len(f) != len(text):
+            continue
+        swapped = [ch if ch.isalpha() == (k == "L") else (TO_LETTER if k == "L" else TO_DIGIT).get(ch) for ch, k in zip(text, f)]
+        if all(swapped):
+            return [charset.index(ch) + off for ch in swapped], confs  # same glyphs, same confidences
+    return cls, confs
 
 
 class PlateReader:
     """Load a reader ONNX file; `read(crops)` returns one TextRead per crop (BGR images)."""
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = ()):
         self.model = OnnxModel(path, threads=threads)
         meta = self.model.meta
         if meta.get("kind") != "plate-reader":
@@ -61,6 +116,7 @@ class PlateReader:
         # where the detector box sits inside the crop the reader was trained on
         self.margin_x = float(meta.get("crop_margin_x", 0.03))
         self.margin_y = float(meta.get("crop_margin_y", 0.06))
+        self.formats = tuple(formats)
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)
@@ -71,4 +127,4 @@ class PlateReader:
             return []
         x = np.stack([self.prepare(c) for c in crops_bgr])
         probs = self.model.run(x)[0]
-        return [ctc_greedy(p, self.charset, self.blank) for p in probs]
+        return [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
