@@ -118,7 +118,7 @@ class Governance:
     def add_user(self, actor: str, name: str, role: str) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
-        token = secrets.token_urlsafe(24)
+        token = "lpr_" + secrets.token_urlsafe(24)  # a prefix: never starts with "-", easy to spot in a leak
         with self.s.tx():
             self.s.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?) "
                            "ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_hash = excluded.token_hash",
