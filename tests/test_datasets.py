@@ -6,8 +6,6 @@ not the issue's targets.
 
 import json
 
-import pytest
-
 from .conftest import run_edge
 
 FLOORS = {"detected": 0.95, "exact": 0.48, "fp_per_image_max": 0.08, "crops_exact": 0.55}
