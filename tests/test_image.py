@@ -73,7 +73,7 @@ def test_reader_runs_in_the_arm64_rootfs_under_emulation(lean, tmp_path):
 def test_rootfs_has_the_service_and_no_secrets(lean):
     rootfs = lean / "rootfs"
     assert (rootfs / "etc/systemd/system/edge.service").exists()
-    assert (rootfs / "etc/systemd/system/multi-user.target.wants/edge.service").exists()
+    assert (rootfs / "etc/systemd/system/multi-user.target.wants/edge.service").is_symlink()  # enabled
     assert (rootfs / "opt/edge/venv/bin/edge").exists() and (rootfs / "opt/edge/models/plate_reader.onnx").exists()
     unit = (rootfs / "etc/systemd/system/edge.service").read_text()
     for key in ("Type=notify", "WatchdogSec=", "Restart=", "ProtectSystem=strict", "StateDirectory=", "LoadCredential=", "User=edge"):
