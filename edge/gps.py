@@ -99,6 +99,27 @@ class GpsSource:
         return self.fix_at(self.clock()).status
 
 
+class _ThreadedGps(GpsSource):
+    """A source read by a background thread (`_run`), stopped through `_stop`."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(3)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 class NoGps(GpsSource):
     name = "none"
 
@@ -138,7 +159,7 @@ def parse_tpv(obj: dict, t: float) -> Fix | None:
                num("speed"), num("track"), acc, when)
 
 
-class GpsdClient(GpsSource):
+class GpsdClient(_ThreadedGps):
     """A small gpsd client of our own: ?WATCH JSON, reconnects with back-off."""
 
     name = "gpsd"
@@ -146,19 +167,8 @@ class GpsdClient(GpsSource):
     def __init__(self, host: str = "127.0.0.1", port: int = 2947, **kw):
         super().__init__(**kw)
         self.host, self.port = host, port
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.connected = False
         self.reconnects = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="gpsd", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(3)
 
     def _run(self) -> None:
         delay = 0.5
@@ -265,7 +275,7 @@ class NmeaParser:
         return None
 
 
-class NmeaSerial(GpsSource):
+class NmeaSerial(_ThreadedGps):
     """NMEA 0183 from a serial device (configured with termios; no extra packages)."""
 
     name = "nmea"
@@ -273,18 +283,7 @@ class NmeaSerial(GpsSource):
     def __init__(self, device: str, baud: int = 9600, **kw):
         super().__init__(**kw)
         self.device, self.baud = device, baud
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.parser = NmeaParser()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="nmea", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(3)
 
     def _open(self) -> int:
         fd = os.open(self.device, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
