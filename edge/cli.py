@@ -237,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
     e.add_argument("--region", action="append", help="plate formats of a region to read with (br, uk); repeatable")
-    e.add_argument("--region-from-folder", action="store_true",
-                   help="read each sub-folder named after a known region with its formats (like OpenALPR's -c per country)")
+    e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
+                   help="read each sub-folder named after a known region (br, uk) with its plate formats, as OpenALPR "
+                        "is run with -c per country (default: on; --no-region-from-folder reads every folder region-blind)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("run", help="run the device service (camera -> MQTT)")

@@ -170,6 +170,11 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
 
     truths = load_truth(root)
     base_formats = recognizer.reader.formats
+    if region_from_folder:
+        known = sorted({t.key.split("/")[0] for t in truths} & set(REGION_FORMATS))
+        if known:
+            print(f"reading {', '.join(k + '/' for k in known)} with that region's plate formats (--no-region-from-folder: off)",
+                  file=stream)
     tallies: dict[str, Tally] = {}
     prog = Progress(len(truths), "eval")
     out.parent.mkdir(parents=True, exist_ok=True)

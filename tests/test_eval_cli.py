@@ -109,3 +109,17 @@ def test_crops_eval_on_committed_crops(tmp_path):
 def test_crops_eval_without_groundtruth(tmp_path):
     r = run_edge("eval", "--crops", str(tmp_path))
     assert r.returncode == 2 and "groundtruth.csv" in r.stderr
+
+
+def test_region_folders_read_with_their_formats_unless_turned_off(tmp_path):
+    src = DATA / "scenes" / "synthetic"
+    br = tmp_path / "set" / "br"
+    br.mkdir(parents=True)
+    for p in sorted(src.glob("scene00*")):
+        shutil.copy(p, br / p.name)
+    on = run_edge("eval", str(tmp_path / "set"), "--out", str(tmp_path / "on.jsonl"))
+    off = run_edge("eval", str(tmp_path / "set"), "--out", str(tmp_path / "off.jsonl"), "--no-region-from-folder")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "reading br/ with that region's plate formats" in on.stdout
+    assert "plate formats" not in off.stdout
+    assert all(json.loads(x)["image"].startswith("br/") for x in (tmp_path / "on.jsonl").read_text().splitlines())

@@ -102,7 +102,7 @@ class RealCrops:
         if rng is None:
             j = np.array([0.03, 0.06, 0.03, 0.06]) * [bw, bh, bw, bh]
         else:
-            j = rng.uniform(-0.04, 0.12, 4) * [bw, bh, bw, bh]
+            j = rng.uniform(-0.08, 0.14, 4) * [bw, bh, bw, bh]  # a real detector's boxes are often 10-20% short
         c = im[max(0, int(y1 - j[1])) : min(H, int(y2 + j[3])), max(0, int(x1 - j[0])) : min(W, int(x2 + j[2]))]
         if rng is not None:
             if rng.random() < 0.3:

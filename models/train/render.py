@@ -334,7 +334,7 @@ def plate_crop_sample(
     bx1, by1 = mnx + off[0], mny + off[1]
     bx2, by2 = mxx + off[0], mxy + off[1]
     pw, ph = bx2 - bx1, by2 - by1
-    j = rng.uniform(-0.06, 0.1, 4) * np.array([pw, ph, pw, ph])
+    j = rng.uniform(-0.09, 0.12, 4) * np.array([pw, ph, pw, ph])
     x1, y1 = int(max(0, bx1 - j[0] - 0.03 * pw)), int(max(0, by1 - j[1] - 0.06 * ph))
     x2, y2 = int(min(cw, bx2 + j[2] + 0.03 * pw)), int(min(ch, by2 + j[3] + 0.06 * ph))
     crop = canvas[y1:y2, x1:x2]
