@@ -22,8 +22,10 @@ from .conftest import ROOT
 pytestmark = pytest.mark.skipif(os.environ.get("EDGE_IMAGE_TESTS") == "0", reason="EDGE_IMAGE_TESTS=0")
 
 CLIP = ROOT / "fixtures" / "videos" / "07_mixed_styles.mp4"
+# the booted image plays its camera clip in real time, as slow as emulation is: a plate in view for 7 s
+BOOT_CLIP = ROOT / "fixtures" / "videos" / "01_gate_day.mp4"
 SOURCES = ["deploy/image/build", "deploy/image/stage.sh", "deploy/image/install-edge.sh", "deploy/image/edge-firstboot.sh",
-           "deploy/image/units/edge.service", "deploy/image/units/edge-firstboot.service", "pyproject.toml",
+           "deploy/image/units/edge.service", "deploy/image/units/edge-firstboot.service", "deploy/image/units/edge-sshkeys.service", "pyproject.toml",
            "models/plate_detector.onnx", "models/plate_reader.onnx", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py"))]
 
 
@@ -90,6 +92,8 @@ def test_rootfs_has_the_service_and_no_secrets(image):
     for key in ("Type=notify", "WatchdogSec=", "Restart=", "ProtectSystem=strict", "StateDirectory=", "LoadCredential=", "User=edge"):
         assert key in unit
     assert (rootfs / "etc/machine-id").read_text() == ""
+    assert (rootfs / "etc/hostname").read_text().strip() == "edge-lpr"  # not the build machine's name
+    assert (rootfs / "etc/systemd/system/ssh.service.wants/edge-sshkeys.service").is_symlink()  # host keys made on the device
     assert not list((rootfs / "etc/ssh").glob("ssh_host_*"))
     assert "PasswordAuthentication no" in (rootfs / "etc/ssh/sshd_config.d/10-edge.conf").read_text()
     shadow = (rootfs / "etc/shadow").read_text()
@@ -155,3 +159,102 @@ def test_image_layout_without_mounting(image):
         assert ".key" not in debugfs("ls /etc/edge")
     finally:
         root.unlink(missing_ok=True)
+
+
+def boot_image(img: Path, work: Path, timeout: float = 1200) -> dict:
+    """Flash-and-power-on, emulated: copy the image, put a device bundle (from `edge provision`) on
+    its FAT partition and a fixture clip in its root filesystem (as the camera), boot it under
+    qemu-system-aarch64 -M virt with user networking, and collect what it publishes to a real
+    Mosquitto on this machine (TLS, client certificates, the deploy/collector ACL), which the guest
+    reaches as 10.0.2.2. Returns the status payloads, the reads, the console log and the times."""
+    from .broker import Broker
+    from .test_provision_acl import Client
+
+    edge = str(ROOT / ".venv/bin/edge")
+    ca = work / "ca"
+    run = lambda *a: subprocess.run([edge, "provision", *a], check=True, capture_output=True)  # noqa: E731
+    run("ca", "--ca-dir", str(ca))
+    run("server", "10.0.2.2", "--san", "10.0.2.2", "--san", "127.0.0.1", "--ca-dir", str(ca), "--out", str(work / "server"))
+    run("client", "collector", "--ca-dir", str(ca), "--out", str(work / "collector"))
+    conf = (ROOT / "deploy" / "collector" / "mosquitto.conf").read_text()
+    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
+                                                                                   "cafile", "certfile", "keyfile", "persistence")))
+    conf += (f"\ncafile {ca}/ca.crt\ncertfile {work}/server/server.crt\nkeyfile {work}/server/server.key\n"
+             f"acl_file {ROOT}/deploy/collector/edge.acl\n")
+    broker = Broker(work / "broker", extra_conf=conf.replace("allow_anonymous false", ""))
+    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    broker.start()
+    run("device", "gate-qemu", "--ca-dir", str(ca), "--out", str(work / "bundle"), "--owner", "Test Agency", "--site", "qemu",
+        "--broker", f"10.0.2.2:{broker.port}", "--gps", "fixed:47.07,15.44", "--camera-source", "/opt/edge/clip.mp4")
+
+    disk = work / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(img), str(disk)], check=True)
+    parts = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True).stdout)
+    boot, root = parts["partitiontable"]["partitions"]
+    subprocess.run(["mcopy", "-s", "-i", f"{disk}@@{boot['start'] * 512}", str(work / "bundle"), "::/edge-bundle"], check=True)
+    fw = work / "fw"
+    fw.mkdir()
+    for f in ("vmlinuz", "initrd.img"):
+        subprocess.run(["mcopy", "-i", f"{disk}@@{boot['start'] * 512}", f"::/{f}", str(fw / f)], check=True)
+    part = work / "root.part"
+    dd = ["dd", "bs=1M", "iflag=skip_bytes,count_bytes", "status=none", "conv=sparse"]
+    subprocess.run([*dd, f"if={disk}", f"of={part}", f"skip={root['start'] * 512}", f"count={root['size'] * 512}"], check=True)
+    for cmd in (f"write {BOOT_CLIP} /opt/edge/clip.mp4", "sif /opt/edge/clip.mp4 mode 0100644", "sif /opt/edge/clip.mp4 uid 0",
+                "sif /opt/edge/clip.mp4 gid 0"):
+        subprocess.run(["debugfs", "-w", "-R", cmd, str(part)], check=True, capture_output=True)
+    subprocess.run(["dd", "bs=1M", "oflag=seek_bytes", "conv=notrunc,sparse", "status=none", f"if={part}", f"of={disk}",
+                    f"seek={root['start'] * 512}"], check=True)
+    part.unlink()
+
+    col = Client(broker.port, work, work / "collector", "collector", "collector-qemu")
+    got: dict = {"status": [], "reads": []}
+    col.c.on_message = lambda c, u, m: got["status" if m.topic.endswith("/status") else "reads"].append(json.loads(m.payload))
+    col.c.subscribe("lpr/v1/+/status", qos=1)
+    col.c.subscribe("$share/collectors/lpr/v1/+/reads", qos=1)
+    console = work / "console.log"
+    t0 = time.monotonic()
+    qemu = subprocess.Popen(
+        ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024", "-nographic", "-no-reboot",
+         "-kernel", str(fw / "vmlinuz"), "-initrd", str(fw / "initrd.img"),
+         "-append", "console=ttyAMA0 root=LABEL=EDGE_ROOT rootfstype=ext4 rootwait systemd.journald.forward_to_console=1",
+         "-drive", f"file={disk},format=raw,if=virtio", "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="],
+        stdin=subprocess.DEVNULL, stdout=open(console, "wb"), stderr=subprocess.STDOUT)
+    try:
+        while time.monotonic() - t0 < timeout and qemu.poll() is None:
+            if "online_s" not in got and any(s.get("state") == "online" for s in got["status"]):
+                got["online_s"] = time.monotonic() - t0
+            if got["reads"]:
+                got["read_s"] = time.monotonic() - t0
+                break
+            time.sleep(1)
+    finally:
+        qemu.kill()
+        qemu.wait()
+        col.close()
+        broker.stop()
+    got["console"] = console.read_text(errors="replace")
+    got["disk"] = disk
+    return got
+
+
+def test_image_boots_provisions_itself_and_publishes_reads(image, tmp_path):
+    """The stretch goal of the deploy issue: the image itself, powered on with a bundle, comes up
+    reading and publishing with no further touch."""
+    if not shutil.which("qemu-system-aarch64"):
+        subprocess.run(["bash", str(ROOT / "deploy" / "host-packages.sh"), "qemu-system-arm"], check=True, capture_output=True)
+    got = boot_image(image / "edge-lpr-arm64.img", tmp_path)
+    log = got["console"]
+    print(f"online after {got.get('online_s', -1):.0f} s, first read after {got.get('read_s', -1):.0f} s")
+    assert "edge-firstboot: provisioned gate-qemu" in log or "Finished edge-firstboot" in log, log[-3000:]
+    assert "FAILED" not in log, [line for line in log.splitlines() if "FAILED" in line]
+    assert any(s.get("state") == "online" and s.get("device_id") == "gate-qemu" for s in got["status"]), log[-3000:]
+    assert got["reads"], log[-3000:]
+    r = got["reads"][0]
+    want = json.loads(BOOT_CLIP.with_suffix(".json").read_text())["expected_reads"]
+    assert r["plate"]["text"] in want
+    assert r["camera"]["owner"] == "Test Agency" and r["device"]["id"] == "gate-qemu" and r["gps"]["source"] == "fixed"
+    # the key left the FAT partition
+    boot = json.loads(subprocess.run(["sfdisk", "--json", str(got["disk"])], capture_output=True, text=True).stdout)
+    off = boot["partitiontable"]["partitions"][0]["start"] * 512
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", f"{got['disk']}@@{off}", "::/"], capture_output=True, text=True).stdout
+    assert "device.key" not in listing and "edge-bundle" not in listing

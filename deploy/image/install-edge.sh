@@ -29,9 +29,10 @@ install -m 0644 "$SRC"/models/*.onnx "$PREFIX/models/"
 # units and first boot
 install -m 0644 "$SRC/units/edge.service" /etc/systemd/system/edge.service
 install -m 0644 "$SRC/units/edge-firstboot.service" /etc/systemd/system/edge-firstboot.service
+install -m 0644 "$SRC/units/edge-sshkeys.service" /etc/systemd/system/edge-sshkeys.service
 install -m 0755 "$SRC/edge-firstboot.sh" /usr/local/sbin/edge-firstboot
 install -d -m 0750 -o root -g edge /etc/edge
-systemctl enable edge-firstboot.service edge.service >/dev/null 2>&1 || true
+systemctl enable edge-firstboot.service edge.service edge-sshkeys.service >/dev/null 2>&1 || true
 for s in chrony gpsd ssh systemd-networkd systemd-timesyncd; do
   systemctl enable "$s" >/dev/null 2>&1 || true
 done
@@ -49,7 +50,9 @@ if [ -d /etc/ssh ]; then
 fi
 passwd -l root >/dev/null 2>&1 || true
 
-# nothing machine-specific baked in
+# nothing machine-specific baked in: not the build host's name either (first boot sets the device's)
+echo edge-lpr > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tedge-lpr\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 rm -rf /var/cache/apt/archives/*.deb /var/lib/apt/lists/* "$SRC"
