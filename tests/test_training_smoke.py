@@ -70,3 +70,28 @@ def test_testset_renderer_smoke(tmp_path):
     py("models.train.make_testset", "--out", str(tmp_path), "--scenes", "2", "--crops", "3")
     assert len(list((tmp_path / "scenes" / "synthetic").glob("*.txt"))) == 2
     assert len((tmp_path / "crops" / "groundtruth.csv").read_text().splitlines()) == 4
+
+
+def test_reader_finetune_and_weight_average_smoke(tmp_path):
+    import shutil
+
+    import torch
+
+    base, ft, avg = tmp_path / "base", tmp_path / "ft", tmp_path / "avg"
+    common = ["--data", str(tmp_path / "none"), "--pseudo", str(tmp_path / "none.tsv"), "--batch", "4", "--val-size", "4",
+              "--backgrounds", "0"]
+    py("models.train.reader", *common, "--out", str(base), "--steps", "2")
+    ft.mkdir()
+    shutil.copy(base / "ckpt.pt", ft / "ckpt.pt")
+    r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3")
+    assert "fine-tuning from step 2" in r.stdout
+    py("models.train.reader", *common, "--out", str(avg), "--average", str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.25")
+    a, b, m = (torch.load(p / "ckpt.pt", map_location="cpu") for p in (base, ft, avg))
+    k = "cls.weight"
+    assert not torch.equal(a["model"][k], b["model"][k])
+    assert torch.allclose(m["model"][k], 0.75 * a["model"][k] + 0.25 * b["model"][k], atol=1e-6)
+    assert m["metrics"]["averaged"] == "0.75 x step 2 + 0.25 x step 4"
+    py("models.train.reader", "--out", str(avg), "--export", str(tmp_path / "r.onnx"))
+    bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "x"), "--average",
+                          str(base / "ckpt.pt"), str(tmp_path / "missing.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0

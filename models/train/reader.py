@@ -5,6 +5,12 @@ so a one-line plate is read along one row and a two-line plate top row first. CT
 alignment. Outputs per-step class probabilities (blank = 0).
 
     python -m models.train.reader --out runs/reader --minutes 60 [--pseudo runs/pseudo.tsv]
+    python -m models.train.reader --out runs/reader_ft --finetune ...        (continue a copied checkpoint)
+    python -m models.train.reader --out runs/reader_avg --average runs/reader/ckpt.pt runs/reader_ft/ckpt.pt
+
+--average writes the weight average of two checkpoints of the same network (a base and its
+fine-tune: "WiSE-FT", Wortsman et al. 2022), which keeps what the base knew while taking in what
+the fine-tune learned; it is scored on both validation sets and exported like any checkpoint.
 """
 
 from __future__ import annotations
@@ -190,7 +196,12 @@ def main(argv=None):
     ap.add_argument("--export", type=Path)
     ap.add_argument("--val-size", type=int, default=400, help="synthetic validation samples")
     ap.add_argument("--backgrounds", type=int, default=200, help="real photos used as plate surroundings")
+    ap.add_argument("--average", type=Path, nargs=2, metavar=("BASE", "FINETUNED"),
+                    help="write the weight average of two checkpoints to OUT/ckpt.pt (see --alpha)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="--average: weight of FINETUNED")
     a = ap.parse_args(argv)
+    if a.average:
+        return average(a)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     log = Logger(a.out / "train.log")
@@ -284,6 +295,31 @@ def main(argv=None):
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start,
                 "finetune_from": start_step or None}, ck)
     log(f"stopped at step {step}")
+
+
+def average(a) -> None:
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = Logger(a.out / "train.log")
+    base, ft = (torch.load(p, map_location="cpu") for p in a.average)
+    if set(base["model"]) != set(ft["model"]):
+        raise SystemExit("--average: the checkpoints are not of the same network")
+    sd = {}
+    for k, v in base["model"].items():
+        w = ft["model"][k]
+        sd[k] = (v.float() * (1 - a.alpha) + w.float() * a.alpha).to(v.dtype) if v.is_floating_point() else w
+    model = PlateReader()
+    model.load_state_dict(sd)
+    bgs = backgrounds(a.data, a.backgrounds) if a.data.exists() and a.backgrounds else []
+    real = RealCrops(a.pseudo)
+    vrng = np.random.default_rng(12345)
+    val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
+    metrics = {"val_synthetic_exact": round(accuracy(model, val_syn), 4), "step": ft["step"],
+               "averaged": f"{1 - a.alpha:g} x step {base['step']} + {a.alpha:g} x step {ft['step']}"}
+    if real.val:
+        metrics["val_pseudo_real_exact"] = round(accuracy(model, [real.sample(it, None) for it in real.val]), 4)
+    log(f"averaged {a.average[0]} and {a.average[1]} (alpha {a.alpha}): {json.dumps(metrics)}")
+    torch.save({"model": model.state_dict(), "opt": ft["opt"], "step": ft["step"], "metrics": metrics, "spent": 0.0}, a.out / "ckpt.pt")
 
 
 if __name__ == "__main__":
