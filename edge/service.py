@@ -354,6 +354,10 @@ class Pipeline:
                 r = reads[i]
                 if not (c.min_length <= len(r.text) <= c.max_length) or r.confidence < c.min_confidence:
                     continue
+                if x1 <= 1 or y1 <= 1 or x2 >= full.shape[1] - 1 or y2 >= full.shape[0] - 1:
+                    # cut by the frame's edge: at best part of a plate (the vehicle is read in other frames)
+                    self.counts["cut_by_edge"] += 1
+                    continue
                 text, conf, cc = r.text, r.confidence, r.char_confidences
             out.append(Observation(text, conf, cc, (x1, y1, x2, y2), frame.t, frame.utc, frame.seq,
                                    (full.shape[1], full.shape[0]), payload=self._patch(full, (x1, y1, x2, y2))))

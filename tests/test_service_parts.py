@@ -103,3 +103,36 @@ def test_bench_command(tmp_path):
         assert key in r.stdout
     bad = run_edge("bench", str(tmp_path / "missing.mp4"))
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
+    """Reading a box that the frame's edge cuts gives part of a plate (or of truck lettering): the
+    pipeline does not take its text; the same plate whole in the frame is read."""
+    import json
+
+    import cv2
+
+    side = json.loads(CLIP.with_suffix(".json").read_text())
+    cap = cv2.VideoCapture(str(CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 150)
+    ok, frame = cap.read()
+    assert ok
+    box = next(b for b in side["plates"][0]["boxes"] if b[0] == 150)[1:]
+    h, w = frame.shape[:2]
+    dx = int(w - box[2] + 0.35 * (box[2] - box[0]))  # push a third of the plate out of the frame
+    cut = np.full_like(frame, 90)
+    cut[:, dx:] = frame[:, : w - dx]
+    reads = {}
+    for name, img in (("whole", frame), ("cut", cut)):
+        path = tmp_path / f"{name}.avi"
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+        for _ in range(20):
+            vw.write(img)
+        vw.release()
+        pl = Pipeline(VideoFileSource(path, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
+                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
+                      keep_reads=True)
+        pl.run(blocking_queue=True)
+        reads[name] = ([r.plate.text for r in pl.reads], pl.counts["cut_by_edge"])
+    assert reads["whole"] == ([side["plates"][0]["text"]], 0)
+    assert reads["cut"][0] == [] and reads["cut"][1] > 0
