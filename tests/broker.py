@@ -70,6 +70,21 @@ class Broker:
         wait_port(self.port, 5, up=False)
 
 
+def collector_broker(workdir: Path, ca_dir: Path, server_dir: Path) -> Broker:
+    """deploy/collector/mosquitto.conf as shipped (TLS, client certificates required, the
+    certificate's CN as username, the edge.acl patterns), on a free loopback port with the given
+    CA and server certificate, started."""
+    root = Path(__file__).resolve().parents[1]
+    conf = (root / "deploy" / "collector" / "mosquitto.conf").read_text()
+    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
+                                                                                   "cafile", "certfile", "keyfile", "persistence")))
+    conf += (f"\ncafile {ca_dir}/ca.crt\ncertfile {server_dir}/server.crt\nkeyfile {server_dir}/server.key\n"
+             f"acl_file {root}/deploy/collector/edge.acl\n")
+    b = Broker(workdir, extra_conf=conf.replace("allow_anonymous false", ""))
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    return b.start()
+
+
 class Subscriber:
     """Collects messages on a topic filter (QoS 1, persistent session so nothing is missed)."""
 

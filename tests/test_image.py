@@ -167,7 +167,7 @@ def boot_image(img: Path, work: Path, timeout: float = 1200) -> dict:
     qemu-system-aarch64 -M virt with user networking, and collect what it publishes to a real
     Mosquitto on this machine (TLS, client certificates, the deploy/collector ACL), which the guest
     reaches as 10.0.2.2. Returns the status payloads, the reads, the console log and the times."""
-    from .broker import Broker
+    from .broker import collector_broker
     from .test_provision_acl import Client
 
     edge = str(ROOT / ".venv/bin/edge")
@@ -176,14 +176,7 @@ def boot_image(img: Path, work: Path, timeout: float = 1200) -> dict:
     run("ca", "--ca-dir", str(ca))
     run("server", "10.0.2.2", "--san", "10.0.2.2", "--san", "127.0.0.1", "--ca-dir", str(ca), "--out", str(work / "server"))
     run("client", "collector", "--ca-dir", str(ca), "--out", str(work / "collector"))
-    conf = (ROOT / "deploy" / "collector" / "mosquitto.conf").read_text()
-    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
-                                                                                   "cafile", "certfile", "keyfile", "persistence")))
-    conf += (f"\ncafile {ca}/ca.crt\ncertfile {work}/server/server.crt\nkeyfile {work}/server/server.key\n"
-             f"acl_file {ROOT}/deploy/collector/edge.acl\n")
-    broker = Broker(work / "broker", extra_conf=conf.replace("allow_anonymous false", ""))
-    broker.conf.write_text(broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
-    broker.start()
+    broker = collector_broker(work / "broker", ca, work / "server")
     run("device", "gate-qemu", "--ca-dir", str(ca), "--out", str(work / "bundle"), "--owner", "Test Agency", "--site", "qemu",
         "--broker", f"10.0.2.2:{broker.port}", "--gps", "fixed:47.07,15.44", "--camera-source", "/opt/edge/clip.mp4")
 

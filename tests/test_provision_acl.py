@@ -10,7 +10,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import load_config
 
-from .broker import Broker
+from .broker import Broker, collector_broker
 from .conftest import ROOT, run_edge
 
 
@@ -87,14 +87,7 @@ class Client:
 
 def test_broker_acl_devices_own_topics_only(tmp_path, deployment):
     d = deployment
-    conf = (ROOT / "deploy" / "collector" / "mosquitto.conf").read_text()
-    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
-                                                                                   "cafile", "certfile", "keyfile", "persistence")))
-    conf += (f"\ncafile {d}/ca/ca.crt\ncertfile {d}/server/server.crt\nkeyfile {d}/server/server.key\n"
-             f"acl_file {ROOT}/deploy/collector/edge.acl\n")
-    b = Broker(tmp_path / "broker", extra_conf=conf.replace("allow_anonymous false", ""))
-    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
-    b.start()
+    b = collector_broker(tmp_path / "broker", d / "ca", d / "server")
     col = Client(b.port, d, d / "collector", "collector", "collector-1")
     a = Client(b.port, d, d / "dev-a", "device", "dev-a")
     try:
