@@ -338,11 +338,15 @@ class Pipeline:
         full = frame.full_image
         boxes = dets.boxes * frame.scale
         known = [self._settled(b) if self.o.settle_frames else None for b in boxes]
-        todo = [i for i, k in enumerate(known) if k is None]
+        h, w = full.shape[:2]
+        # a box cut by the frame's edge holds at best part of a plate (the vehicle is read in other
+        # frames): not worth reading
+        cut = [b[0] <= 1 or b[1] <= 1 or b[2] >= w - 1 or b[3] >= h - 1 for b in boxes]
+        todo = [i for i, k in enumerate(known) if k is None and not cut[i]]
         reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, boxes[todo])) if todo else []))
         if todo:
             self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
-        self.counts["reads_skipped"] += len(boxes) - len(todo)
+        self.counts["reads_skipped"] += sum(k is not None for k in known)
         out = []
         c = self.recognizer.config
         for i, box in enumerate(boxes):
@@ -350,13 +354,12 @@ class Pipeline:
             if known[i] is not None:
                 k = known[i]
                 text, conf, cc = k.text, k.confidence, k.char_confidences
+            elif cut[i]:
+                self.counts["cut_by_edge"] += 1
+                continue
             else:
                 r = reads[i]
                 if not (c.min_length <= len(r.text) <= c.max_length) or r.confidence < c.min_confidence:
-                    continue
-                if x1 <= 1 or y1 <= 1 or x2 >= full.shape[1] - 1 or y2 >= full.shape[0] - 1:
-                    # cut by the frame's edge: at best part of a plate (the vehicle is read in other frames)
-                    self.counts["cut_by_edge"] += 1
                     continue
                 text, conf, cc = r.text, r.confidence, r.char_confidences
             out.append(Observation(text, conf, cc, (x1, y1, x2, y2), frame.t, frame.utc, frame.seq,
