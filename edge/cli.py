@@ -29,7 +29,11 @@ def cmd_eval(args) -> int:
         from edge.vision.recognizer import READER_FILE, default_model_dir
 
         reader = PlateReader(Path(args.models or default_model_dir()) / READER_FILE, threads=args.threads)
-        run_crops_eval(Path(args.crops), reader, Path(args.out) if args.out else None)
+        try:
+            reader.set_regions(tuple(args.region or ()))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        run_crops_eval(Path(args.crops), reader, Path(args.out) if args.out else None, region_from_state=args.region_from_folder)
         return 0
     if not args.dir:
         raise UserError("eval needs a folder (DIR) or --crops DIR")
@@ -236,10 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
-    e.add_argument("--region", action="append", help="plate formats of a region to read with (br, uk); repeatable")
+    e.add_argument("--region", action="append",
+                   help="read with a region's plate conventions (br, uk: formats; us: O and 0 are one glyph); repeatable")
     e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
-                   help="read each sub-folder named after a known region (br, uk) with its plate formats, as OpenALPR "
-                        "is run with -c per country (default: on; --no-region-from-folder reads every folder region-blind)")
+                   help="read each sub-folder named after a known region (br, uk, us), and with --crops each crop whose "
+                        "state column names a US state, with that region's conventions, as OpenALPR is run with -c per "
+                        "country (default: on; --no-region-from-folder reads region-blind)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("run", help="run the device service (camera -> MQTT)")

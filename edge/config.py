@@ -114,7 +114,7 @@ class PipelineSection(Section):
     motion_threshold: float = Field(default=0.004, ge=0, le=1, description="fraction of changed pixels that counts as motion")
     idle_detect_every_s: float = Field(default=1.0, gt=0, description="with no motion, still look this often")
     min_confidence: float = Field(default=0.5, ge=0, le=1)
-    regions: list[Literal["br", "uk"]] = Field(default_factory=list, description="plate formats of the site's region(s): letter/digit look-alikes are settled by them")
+    regions: list[Literal["br", "uk", "us"]] = Field(default_factory=list, description="plate formats of the site's region(s): letter/digit look-alikes are settled by them")
     min_length: int = Field(default=4, ge=2, le=10, description="shorter reads are dropped (signs, stickers); plates of 2-3 characters need 2 or 3")
     full_detect_every: int = Field(default=3, ge=1, le=30, description="while tracking, look at the whole frame every Nth frame, around tracked plates in between")
     settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running (0: always read)")

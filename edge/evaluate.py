@@ -164,16 +164,17 @@ def peak_rss_mb() -> float:
 
 
 def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, region_from_folder: bool = False) -> dict:
-    """`region_from_folder`: a sub-folder named after a known region (br, uk) reads with its plate
-    formats, as OpenALPR is run with -c per country."""
-    from edge.vision.reader import REGION_FORMATS
+    """`region_from_folder`: a sub-folder named after a known region (br, uk, us) reads with its plate
+    formats and glyph conventions, as OpenALPR is run with -c per country."""
+    from edge.vision.reader import KNOWN_REGIONS
 
     truths = load_truth(root)
-    base_formats = recognizer.reader.formats
+    reader = recognizer.reader
+    base = (reader.formats, reader.glyphs)
     if region_from_folder:
-        known = sorted({t.key.split("/")[0] for t in truths} & set(REGION_FORMATS))
+        known = sorted({t.key.split("/")[0] for t in truths} & set(KNOWN_REGIONS))
         if known:
-            print(f"reading {', '.join(k + '/' for k in known)} with that region's plate formats (--no-region-from-folder: off)",
+            print(f"reading {', '.join(k + '/' for k in known)} with that region's plate conventions (--no-region-from-folder: off)",
                   file=stream)
     tallies: dict[str, Tally] = {}
     prog = Progress(len(truths), "eval")
@@ -183,7 +184,11 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
             frame = cv2.imread(str(t.image), cv2.IMREAD_COLOR)
             rec: dict = {"image": t.key, "plates": [], "ms": None}
             if region_from_folder:
-                recognizer.reader.formats = REGION_FORMATS.get(t.key.split("/")[0], base_formats)
+                folder = t.key.split("/")[0]
+                if folder in KNOWN_REGIONS:
+                    reader.set_regions((folder,))
+                else:
+                    reader.formats, reader.glyphs = base
             if frame is None:
                 print(f"warning: cannot decode {t.image}; counted as not read", file=sys.stderr)
                 rec["error"] = "cannot decode image"
@@ -207,7 +212,21 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
     return rows
 
 
-def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout) -> dict:
+US_STATE_CODES = frozenset(
+    "al ak az ar ca co ct de dc fl ga hi id il in ia ks ky la me md ma mi mn ms mo mt ne nv nh nj nm ny nc nd oh ok or pa "
+    "pr ri sc sd tn tx ut vt va wa wv wi wy".split()
+)
+
+
+def region_of_state(state: str) -> str | None:
+    """The plate region a groundtruth `state` column names (a US state code -> "us")."""
+    return "us" if state.strip().lower() in US_STATE_CODES else None
+
+
+def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout,
+                   region_from_state: bool = False) -> dict:
+    """Score the reader alone. `region_from_state`: a crop whose `state` column names a US state is
+    read with the us region's conventions (as OpenALPR is run with -c us)."""
     gt = root / "groundtruth.csv"
     if not gt.exists():
         raise EvalError(f"{gt} not found: --crops expects a folder with groundtruth.csv (filename,state,text)")
@@ -216,6 +235,10 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
     if not rows or not {"filename", "text"} <= set(rows[0]):
         raise EvalError(f"{gt}: expected a header 'filename,state,text'")
     tally = Tally()
+    base = (reader.formats, reader.glyphs)
+    if region_from_state and any(region_of_state(r.get("state") or "") for r in rows):
+        print("reading crops whose state column names a US state with the us region's conventions (--no-region-from-folder: off)",
+              file=stream)
     prog = Progress(len(rows), "eval crops")
     sink = open(out, "w") if out else None
     try:
@@ -226,6 +249,11 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
                 print(f"warning: cannot decode {root / r['filename']}; counted as not read", file=sys.stderr)
                 text, ms = "", None
             else:
+                region = region_of_state(r.get("state") or "") if region_from_state else None
+                if region:
+                    reader.set_regions((region,))
+                else:
+                    reader.formats, reader.glyphs = base
                 t0 = time.perf_counter()
                 res = reader.read([img])[0]
                 ms = (time.perf_counter() - t0) * 1000

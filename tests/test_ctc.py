@@ -55,3 +55,31 @@ def test_format_prior_settles_look_alikes_only_when_close():
     assert ctc_greedy(probs("LSX5EBC"), CS, formats=("LLDDLLL",)).text == "LSX5EBC"  # no look-alike: unchanged
     ok = probs("ABC1234")  # fits a format already: untouched even if another format is close
     assert ctc_greedy(ok, CS, formats=("LLLDDDD", "LLLDLDD")).text == "ABC1234"
+
+
+def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
+    from edge.vision.reader import apply_glyphs, formats_for, glyphs_for
+
+    assert glyphs_for(("us",)) == {"O": "0"} and formats_for(("us",)) == ()
+    assert glyphs_for(("br",)) == {} and formats_for(("br", "us")) == formats_for(("br",))
+    with pytest.raises(ValueError, match="unknown region 'zz'"):
+        glyphs_for(("zz",))
+    r = ctc_greedy(probs("B-O-B-7-O-0"), CS)
+    assert r.text == "BOB7O0"
+    us = apply_glyphs(r, glyphs_for(("us",)))
+    assert us.text == "B0B700" and us.char_confidences == r.char_confidences and us.confidence == r.confidence
+    assert apply_glyphs(r, glyphs_for(("uk",))).text == "BOB7O0"
+
+
+def test_reader_set_regions_switches_formats_and_glyphs():
+    from tests.conftest import MODELS
+
+    from edge.vision.reader import PlateReader
+
+    reader = PlateReader(MODELS / "plate_reader.onnx", formats=("LLLDDDD",))
+    reader.set_regions(("us",))
+    assert reader.formats == () and reader.glyphs == {"O": "0"}
+    reader.set_regions(("br", "uk"))
+    assert len(reader.formats) == 3 and reader.glyphs == {}
+    with pytest.raises(ValueError):
+        reader.set_regions(("mars",))

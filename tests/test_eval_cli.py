@@ -1,5 +1,6 @@
 """`edge eval` end to end through the real command line."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -120,6 +121,29 @@ def test_region_folders_read_with_their_formats_unless_turned_off(tmp_path):
     on = run_edge("eval", str(tmp_path / "set"), "--out", str(tmp_path / "on.jsonl"))
     off = run_edge("eval", str(tmp_path / "set"), "--out", str(tmp_path / "off.jsonl"), "--no-region-from-folder")
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
-    assert "reading br/ with that region's plate formats" in on.stdout
-    assert "plate formats" not in off.stdout
+    assert "reading br/ with that region's plate conventions" in on.stdout
+    assert "plate conventions" not in off.stdout
     assert all(json.loads(x)["image"].startswith("br/") for x in (tmp_path / "on.jsonl").read_text().splitlines())
+
+
+def test_crops_eval_reads_us_state_crops_with_the_us_glyph_rule(tmp_path):
+    """A crop whose state column names a US state is read as a US plate (O and 0: one glyph, written 0)."""
+    rows = list(csv.DictReader(open(DATA / "crops" / "groundtruth.csv")))[:12]
+    d = tmp_path / "crops"
+    d.mkdir()
+    with open(d / "groundtruth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "state", "text"])
+        for k, r in enumerate(rows):
+            shutil.copy(DATA / "crops" / r["filename"], d / r["filename"])
+            w.writerow([r["filename"], "ca" if k % 2 else "xx", r["text"]])
+    on = run_edge("eval", "--crops", str(d), "--out", str(tmp_path / "on.jsonl"))
+    off = run_edge("eval", "--crops", str(d), "--out", str(tmp_path / "off.jsonl"), "--no-region-from-folder")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "names a US state" in on.stdout and "US state" not in off.stdout
+    a = [json.loads(x) for x in (tmp_path / "on.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "off.jsonl").read_text().splitlines()]
+    for k, (x, y) in enumerate(zip(a, b)):
+        assert x["text"] == (y["text"].replace("O", "0") if k % 2 else y["text"])
+    bad = run_edge("eval", "--crops", str(d), "--region", "xx")
+    assert bad.returncode == 2 and "unknown region 'xx'" in bad.stderr

@@ -22,18 +22,42 @@ class TextRead:
 # that knows its region names it (like OpenALPR's -c); a read that does not fit is re-read under the
 # format: first by the reader's own probabilities, then by swapping glyphs that look alike.
 REGION_FORMATS = {"br": ("LLLDDDD", "LLLDLDD"), "uk": ("LLDDLLL",)}
+# Regions whose plates draw two characters with one glyph, and whose records write one of them: most
+# US states use the same glyph for the letter O and the digit 0 (standard serials leave O out), and
+# registrations are written with 0. A site in such a region reads that glyph as its recorded character.
+REGION_GLYPHS = {"us": {"O": "0"}}
+KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS)))
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
 TO_LETTER = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B", "6": "G", "7": "T", "4": "A"}
 
 
+def _check_regions(regions) -> tuple[str, ...]:
+    for r in regions or ():
+        if r not in KNOWN_REGIONS:
+            raise ValueError(f"unknown region {r!r} (known: {', '.join(KNOWN_REGIONS)})")
+    return tuple(regions or ())
+
+
 def formats_for(regions) -> tuple[str, ...]:
     out: list[str] = []
-    for r in regions or ():
-        if r not in REGION_FORMATS:
-            raise ValueError(f"unknown region {r!r} (known: {', '.join(sorted(REGION_FORMATS))})")
-        out += REGION_FORMATS[r]
+    for r in _check_regions(regions):
+        out += REGION_FORMATS.get(r, ())
     return tuple(out)
+
+
+def glyphs_for(regions) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in _check_regions(regions):
+        out.update(REGION_GLYPHS.get(r, {}))
+    return out
+
+
+def apply_glyphs(read: TextRead, glyphs: dict[str, str]) -> TextRead:
+    """Write each character as its region records it (see REGION_GLYPHS); confidences are unchanged."""
+    if not glyphs:
+        return read
+    return TextRead(read.text.translate(str.maketrans(glyphs)), read.confidence, read.char_confidences)
 
 
 def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[str, ...] = ()) -> TextRead:
@@ -103,7 +127,7 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats):
 class PlateReader:
     """Load a reader ONNX file; `read(crops)` returns one TextRead per crop (BGR images)."""
 
-    def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = ()):
+    def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = (), glyphs: dict[str, str] | None = None):
         self.model = OnnxModel(path, threads=threads)
         meta = self.model.meta
         if meta.get("kind") != "plate-reader":
@@ -117,6 +141,11 @@ class PlateReader:
         self.margin_x = float(meta.get("crop_margin_x", 0.03))
         self.margin_y = float(meta.get("crop_margin_y", 0.06))
         self.formats = tuple(formats)
+        self.glyphs = dict(glyphs or {})  # see REGION_GLYPHS
+
+    def set_regions(self, regions) -> None:
+        """Read with the plate formats and glyph conventions of these regions (empty: region-blind)."""
+        self.formats, self.glyphs = formats_for(regions), glyphs_for(regions)
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)
@@ -127,4 +156,4 @@ class PlateReader:
             return []
         x = np.stack([self.prepare(c) for c in crops_bgr])
         probs = self.model.run(x)[0]
-        return [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
+        return [apply_glyphs(ctc_greedy(p, self.charset, self.blank, self.formats), self.glyphs) for p in probs]

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import expand_box
-from edge.vision.reader import PlateReader, formats_for
+from edge.vision.reader import PlateReader, formats_for, glyphs_for
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
@@ -43,7 +43,7 @@ class RecognizerConfig:
     min_confidence: float = 0.5
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
     max_length: int = 10
-    regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats of the site's region (see reader.REGION_FORMATS)
+    regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS)
     detector_file: str = DETECTOR_FILE
     reader_file: str = READER_FILE
 
@@ -53,7 +53,8 @@ class PlateRecognizer:
         self.config = config or RecognizerConfig()
         c = self.config
         self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
-        self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions))
+        self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions),
+                                  glyphs=glyphs_for(c.regions))
 
     def crops(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         h, w = frame.shape[:2]

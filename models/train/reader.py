@@ -86,7 +86,10 @@ class RealCrops:
             f = line.split("\t")
             if len(f) < 6:
                 continue
-            by_img.setdefault(f[0], []).append((f[0], *map(float, f[1:5]), f[5]))
+            text = f[5]
+            if "us-plates-roboflow" in f[0]:
+                text = text.replace("O", "0")  # a US set: US plates draw O and 0 alike and records write 0
+            by_img.setdefault(f[0], []).append((f[0], *map(float, f[1:5]), text))
         keys = sorted(by_img)
         rng.shuffle(keys)
         nval = int(len(keys) * val_frac)

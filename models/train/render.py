@@ -124,7 +124,10 @@ def _plate_format(rng, style: str) -> tuple[str, list[str]]:
         top = _pick(rng, ["LLL", "LL", "DDD", "LLD", "XX", "LLLL"])
         bot = _pick(rng, ["DDDD", "DDD", "LLDD", "DDDDD", "DDLL", "XXXX"])
         return "", [_chars(rng, top), _chars(rng, bot)]
-    return _chars(rng, pat), []
+    disp = _chars(rng, pat)
+    if style == "us" and "O" in disp and rng.random() < 0.5:
+        disp = disp.replace("O", "0")  # US plates draw O and 0 alike; half the time with the 0 glyph
+    return disp, []
 
 
 def render_plate(rng: np.random.Generator, style: str | None = None, text: str | None = None) -> Plate:
@@ -173,6 +176,25 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
     bw = int(rng.integers(1, 6))
     d.rounded_rectangle([1, 1, W - 2, H - 2], radius=int(rng.integers(2, 14)), outline=border, width=bw)
     x0, x1 = 0.05 * W, 0.95 * W
+    if style == "us" and rng.random() < 0.4:
+        x0, x1 = 0.02 * W, 0.98 * W  # the registration often runs almost edge to edge
+    if style == "us" and rng.random() < 0.3:
+        # small stacked letters or a badge beside the registration (plate type, county, "FIRE FIGHTER")
+        sx0, sx1 = W * rng.uniform(0.03, 0.06), W * rng.uniform(0.11, 0.2)
+        col = _pick(rng, [ink, (150, 20, 20), (20, 40, 140)])
+        if rng.random() < 0.6:
+            for k, ch in enumerate(_chars(rng, _pick(rng, ["LL", "LLL", "DD"]))):
+                ci = text_image(ch, _pick(rng, fonts()), col, int(sx1 - sx0), int(H * 0.17))
+                img.paste(ci, (int(sx0), int(H * (0.27 + 0.2 * k))), ci)
+        else:
+            d.rounded_rectangle([sx0, H * 0.3, sx1, H * 0.7], radius=4, fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        if rng.random() < 0.5:
+            x0 = sx1 + 0.02 * W
+    if rng.random() < 0.5:  # mounting bolts
+        r = max(2, int(H * rng.uniform(0.025, 0.05)))
+        col = tuple(int(c) for c in rng.integers(60, 200, 3))
+        for bx, by in ((0.2 * W, 0.1 * H), (0.8 * W, 0.1 * H), (0.2 * W, 0.9 * H), (0.8 * W, 0.9 * H))[: int(rng.choice([2, 4]))]:
+            d.ellipse([bx - r, by - r, bx + r, by + r], fill=col, outline=(40, 40, 40))
     if style in ("eu", "uk") and (style == "eu" or rng.random() < 0.7):
         sw = int(W * 0.085)
         d.rectangle([3, 3, sw, H - 4], fill=(0, 51, 153))
@@ -216,10 +238,12 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
             cap_h = rng.uniform(0.62, 0.75) * H
             cy = 0.5 * H
         n = max(1, len(disp))
-        width = min(x1 - x0, cap_h * n * rng.uniform(0.42, 0.62))
+        width = min(x1 - x0, cap_h * n * rng.uniform(0.42, 0.62 if style != "us" else 0.75))
         ti = text_image(disp, font, ink, int(width), int(cap_h))
         img.paste(ti, (int((x0 + x1) / 2 - width / 2), int(cy - cap_h / 2)), ti)
         text_out = "".join(c for c in disp if c.isalnum())
+        if style == "us":
+            text_out = text_out.replace("O", "0")  # most US states use one glyph for O and 0; records write 0
         nlines = 1
     # small print: state names, slogans, city names, stickers
     if style == "us":
