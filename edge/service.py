@@ -310,7 +310,7 @@ class Pipeline:
         if self.o.full_detect_every <= 1 or not tracks or self._since_full + 1 >= self.o.full_detect_every:
             self._since_full = 0
             self.counts["full_detections"] += 1
-            return det.detect(frame.image)
+            return det.detect(frame.image, self.recognizer.detect_threshold)
         self._since_full += 1
         s = frame.scale
         boxes, scores = [], []
@@ -318,7 +318,7 @@ class Pipeline:
             x1, y1, x2, y2 = (v / s for v in tr.predicted_box(frame.t))
             bw, bh = max(x2 - x1, 8.0), max(y2 - y1, 4.0)
             region = (int(x1 - 1.0 * bw), int(y1 - 2.0 * bh), int(x2 + 1.0 * bw), int(y2 + 2.0 * bh))
-            d = det.detect_region(frame.image, region)
+            d = det.detect_region(frame.image, region, self.recognizer.detect_threshold)
             boxes.append(d.boxes)
             scores.append(d.scores)
         self.counts["region_detections"] += 1
@@ -348,7 +348,6 @@ class Pipeline:
             self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
         self.counts["reads_skipped"] += sum(k is not None for k in known)
         out = []
-        c = self.recognizer.config
         for i, box in enumerate(boxes):
             x1, y1, x2, y2 = (float(v) for v in box)
             if known[i] is not None:
@@ -359,7 +358,7 @@ class Pipeline:
                 continue
             else:
                 r = reads[i]
-                if not (c.min_length <= len(r.text) <= c.max_length) or r.confidence < c.min_confidence:
+                if not self.recognizer.accepts(float(dets.scores[i]), r):
                     continue
                 text, conf, cc = r.text, r.confidence, r.char_confidences
             out.append(Observation(text, conf, cc, (x1, y1, x2, y2), frame.t, frame.utc, frame.seq,

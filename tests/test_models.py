@@ -94,3 +94,39 @@ def test_recognizer_finds_and_reads_rendered_scenes(recognizer):
     n = len(truths)
     print(f"rendered scenes: detected {found / n:.3f} exact {read / n:.3f} fp/img {fp / n:.3f}")
     assert found / n >= 0.9 and read / n >= 0.75 and fp / n <= 0.2
+
+
+def test_verify_rule_takes_low_scored_boxes_only_when_read_confidently():
+    from edge.vision.reader import TextRead
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS))
+    d = rec.detector
+    d.threshold, d.verify_threshold, d.verify_confidence = 0.3, 0.2, 0.95
+    sure, unsure, short = TextRead("ABC1234", 0.97, (0.97,) * 7), TextRead("ABC1234", 0.9, (0.9,) * 7), TextRead("AB", 0.99, (0.99,) * 2)
+    assert rec.detect_threshold == 0.2
+    assert rec.accepts(0.5, unsure) and rec.accepts(0.25, sure)
+    assert not rec.accepts(0.25, unsure)  # below the threshold: needs the verify confidence
+    assert not rec.accepts(0.15, sure)  # below the verify threshold: never
+    assert not rec.accepts(0.5, short) and not rec.accepts(0.25, short)  # too short either way
+    rec.config.verify = False
+    assert rec.detect_threshold == 0.3 and not rec.accepts(0.25, sure) and rec.accepts(0.5, sure)
+    d.verify_threshold = d.verify_confidence = None  # a detector without the rule in its metadata
+    rec.config.verify = True
+    assert rec.detect_threshold == 0.3 and not rec.accepts(0.25, sure)
+
+
+def test_calibration_system_score_counts_the_verify_rule():
+    pytest.importorskip("torch", reason="models.train needs the [train] extra")
+    from models.train.calibrate import system_score
+
+    gt = np.array([[10, 10, 60, 30]], np.float32)
+    boxes = np.array([[10, 10, 60, 30], [100, 100, 150, 120]], np.float32)
+    rows = [(boxes, np.array([0.22, 0.26], np.float32), gt)]
+    reads = [[("ABC123", 0.99), ("XYZ99", 0.9)]]
+    assert system_score(rows, reads, 0.3, None, None, 0.3) == (0.0, 0.0, 0.0)
+    rec, prec, extra = system_score(rows, reads, 0.3, 0.2, 0.95, 0.3)
+    assert (rec, prec, extra) == (1.0, 1.0, 2.0)  # the plate is taken, the junk box (0.9) is not
+    rec, prec, _ = system_score(rows, reads, 0.3, 0.2, 0.85, 0.3)
+    assert (rec, prec) == (1.0, 0.5)
+    assert system_score(rows, reads, 0.3, 0.25, 0.85, 0.3)[:2] == (0.0, 0.0)  # the plate scored under 0.25

@@ -64,12 +64,18 @@ class PlateDetector:
         self.long_side = int(long_side or meta["long_side"])
         self.multiple = int(meta.get("pad_multiple", 32))
         self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.35))
+        # boxes scored between verify_threshold and threshold count as plates only when the reader reads
+        # them with at least verify_confidence (chosen by models/train/calibrate.py); absent: off
+        vt, vc = meta.get("verify_threshold"), meta.get("verify_confidence")
+        self.verify_threshold = float(vt) if vt is not None else None
+        self.verify_confidence = float(vc) if vc is not None else None
 
-    def detect(self, frame_bgr: np.ndarray) -> Detections:
+    def detect(self, frame_bgr: np.ndarray, threshold: float | None = None) -> Detections:
+        """Boxes scored at least `threshold` (default: the model's own)."""
         canvas, lb = letterbox(frame_bgr, self.long_side, self.multiple)
-        return self._run(canvas, lb, 0, 0)
+        return self._run(canvas, lb, 0, 0, threshold)
 
-    def detect_region(self, frame_bgr: np.ndarray, region: tuple[int, int, int, int]) -> Detections:
+    def detect_region(self, frame_bgr: np.ndarray, region: tuple[int, int, int, int], threshold: float | None = None) -> Detections:
         """Look only inside region (x1, y1, x2, y2) of the frame, at the same scale as a whole-frame
         detection, so plates look to the network as they always do; far fewer pixels to process."""
         h, w = frame_bgr.shape[:2]
@@ -83,12 +89,12 @@ class PlateDetector:
         canvas = np.zeros((ph, pw, 3), np.uint8)
         canvas[:nh, :nw] = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         lb = Letterbox(x2 - x1, y2 - y1, scale, nw, nh, pw, ph)
-        return self._run(canvas, lb, x1, y1)
+        return self._run(canvas, lb, x1, y1, threshold)
 
-    def _run(self, canvas: np.ndarray, lb: Letterbox, ox: int, oy: int) -> Detections:
+    def _run(self, canvas: np.ndarray, lb: Letterbox, ox: int, oy: int, threshold: float | None = None) -> Detections:
         x = canvas[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1 / 255.0)
         heads = self.model.run(x)[0][0]
-        rows = decode_heads(heads, self.stride, self.threshold, lb)
+        rows = decode_heads(heads, self.stride, self.threshold if threshold is None else threshold, lb)
         boxes = rows[:, :4].copy()
         boxes[:, [0, 2]] += ox
         boxes[:, [1, 3]] += oy

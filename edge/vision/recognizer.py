@@ -43,6 +43,7 @@ class RecognizerConfig:
     min_confidence: float = 0.5
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
     max_length: int = 10
+    verify: bool = True  # also take boxes the detector scored low when the reader reads them confidently (model metadata)
     regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS)
     detector_file: str = DETECTOR_FILE
     reader_file: str = READER_FILE
@@ -56,6 +57,26 @@ class PlateRecognizer:
         self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions),
                                   glyphs=glyphs_for(c.regions))
 
+    @property
+    def detect_threshold(self) -> float:
+        """The lowest detector score worth reading: the model's threshold, or its verify threshold."""
+        d = self.detector
+        if self.config.verify and d.verify_threshold is not None and d.verify_confidence is not None:
+            return min(d.threshold, d.verify_threshold)
+        return d.threshold
+
+    def accepts(self, score: float, read) -> bool:
+        """Whether a box with this detector score and this read is a plate worth reporting: a
+        plausible length and confident enough; a box the detector scored below its threshold
+        (but above the verify threshold) must be read with the model's verify confidence."""
+        c, d = self.config, self.detector
+        if not (c.min_length <= len(read.text) <= c.max_length) or read.confidence < c.min_confidence:
+            return False
+        if score >= d.threshold:
+            return True
+        return (c.verify and d.verify_threshold is not None and d.verify_confidence is not None
+                and score >= d.verify_threshold and read.confidence >= d.verify_confidence)
+
     def crops(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         h, w = frame.shape[:2]
         out = []
@@ -65,18 +86,15 @@ class PlateRecognizer:
         return out
 
     def recognize(self, frame_bgr: np.ndarray) -> list[PlateResult]:
-        dets = self.detector.detect(frame_bgr)
+        dets = self.detector.detect(frame_bgr, self.detect_threshold)
         if not len(dets):
             return []
         reads = self.reader.read(self.crops(frame_bgr, dets.boxes))
         out = []
-        c = self.config
         for box, score, r in zip(dets.boxes, dets.scores, reads):
-            if not (c.min_length <= len(r.text) <= c.max_length):
+            if not self.accepts(float(score), r):
                 continue
             conf = float(r.confidence)
-            if conf < c.min_confidence:
-                continue
             x1, y1, x2, y2 = (float(v) for v in box)
             out.append(
                 PlateResult(

@@ -1,12 +1,21 @@
 """Choose the detector's default threshold on the held-out part of the training photos.
 
     python -m models.train.calibrate --detector models/plate_detector.onnx [--min-precision 0.8]
+    python -m models.train.calibrate --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 
 Scores the ONNX detector (as the runtime runs it) on the validation split that
 models/train/detector.py holds out (same seed), prints recall/precision per threshold, and writes
 the lowest threshold whose precision reaches --min-precision into the model's metadata. The reader
 rejects most of the remaining false boxes (they read as nothing confident). The openalpr sets are
 not used here.
+
+With --reader it also chooses the verify rule: boxes scored below the threshold but at least
+`verify_threshold` count as plates when the reader reads them (4-10 characters) with at least
+`verify_confidence`. Plates the detector under-scores are often ones the reader reads perfectly;
+junk boxes rarely read as a confident plate. Among the candidate pairs it takes the one with the
+highest recall of the whole detector+reader system whose precision stays within --verify-slack of
+the system without the rule and which reads at most --verify-reads extra boxes per image (the
+Pi's time); ties go to the stricter pair.
 """
 
 from __future__ import annotations
@@ -29,15 +38,25 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets"))
     ap.add_argument("--min-precision", type=float, default=0.6)
     ap.add_argument("--iou", type=float, default=0.3)
+    ap.add_argument("--reader", type=Path, help="also choose the verify rule with this reader")
+    ap.add_argument("--verify-slack", type=float, default=0.0, help="precision the verify rule may cost (default: none)")
+    ap.add_argument("--verify-reads", type=float, default=4.0, help="most extra reads per image the rule may cost")
     a = ap.parse_args(argv)
     det = PlateDetector(a.detector)
     det.threshold = 0.05
     scenes = Scenes(a.data)
-    rows = []
+    reader = None
+    if a.reader:
+        from edge.vision.reader import PlateReader
+
+        reader = PlateReader(a.reader)
+    rows, reads = [], []
     for it in scenes.val_items:
         img = cv2.imread(str(it.path))
         d = det.detect(img)
         rows.append((d.boxes, d.scores, it.boxes))
+        if reader is not None:
+            reads.append(read_boxes(reader, img, d.boxes, d.scores >= 0.1))
     table = []
     for th in np.arange(0.1, 0.6, 0.05):
         tp = fp = fn = 0
@@ -68,11 +87,83 @@ def main(argv=None):
     meta["threshold"] = json.dumps(chosen)
     meta["calibration"] = json.dumps({"split": "5% of the trainable photos held out by detector.py (seed 0)", "iou": a.iou,
                                       "min_precision": a.min_precision, "table": table})
+    meta.pop("verify_threshold", None)
+    meta.pop("verify_confidence", None)
+    if reader is not None:
+        base = system_score(rows, reads, chosen, None, None, a.iou)
+        print(f"system at threshold {chosen}: recall {base[0]:.3f} precision {base[1]:.3f}")
+        vtable, best = [], None
+        for low in (0.1, 0.15, 0.2, 0.25):
+            if low >= chosen:
+                continue
+            for vc in (0.95, 0.9, 0.85, 0.8):
+                rec, prec, extra = system_score(rows, reads, chosen, low, vc, a.iou)
+                vtable.append((low, vc, round(rec, 4), round(prec, 4), round(extra, 2)))
+                print(f"verify {low:.2f} conf {vc:.2f}: recall {rec:.3f} precision {prec:.3f} extra reads/image {extra:.2f}")
+                if prec >= base[1] - a.verify_slack and extra <= a.verify_reads and rec > base[0]:
+                    key = (round(rec, 6), prec, vc, low)
+                    if best is None or key > best[0]:
+                        best = (key, low, vc)
+        if best is not None:
+            meta["verify_threshold"] = json.dumps(best[1])
+            meta["verify_confidence"] = json.dumps(best[2])
+            print(f"verify rule: boxes scored {best[1]}..{chosen} count when read with confidence >= {best[2]}")
+        else:
+            print("verify rule: no pair gains recall within the limits; off")
+        meta["verify_calibration"] = json.dumps({"reader": a.reader.name, "slack": a.verify_slack,
+                                                 "max_extra_reads": a.verify_reads, "base": [round(v, 4) for v in base[:2]],
+                                                 "table": vtable})
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     onnx.save(m, str(a.detector))
     print(f"threshold {chosen} written into {a.detector}")
+
+
+def read_boxes(reader, img, boxes, mask) -> list:
+    """The reader's (text, confidence) for each box where mask is set, else None."""
+    from edge.vision.geometry import expand_box
+
+    h, w = img.shape[:2]
+    idx = [i for i in range(len(boxes)) if mask[i]]
+    crops = []
+    for i in idx:
+        x1, y1, x2, y2 = expand_box(boxes[i], w, h, reader.margin_x, reader.margin_y)
+        crops.append(img[y1:y2, x1:x2])
+    out: list = [None] * len(boxes)
+    for i, r in zip(idx, reader.read(crops) if crops else []):
+        out[i] = (r.text, r.confidence)
+    return out
+
+
+def system_score(rows, reads, threshold, low, vconf, iou, min_conf=0.5, min_len=4, max_len=10):
+    """Recall and precision of detector+reader on the held-out photos (a kept box is a plate when it
+    overlaps a labelled one by `iou`), and the extra boxes read per image for the verify rule."""
+    tp = fp = fn = extra = 0
+    for (boxes, scores, gt), rd in zip(rows, reads):
+        keep = []
+        for i in range(len(boxes)):
+            r = rd[i]
+            ok = r is not None and min_len <= len(r[0]) <= max_len and r[1] >= min_conf
+            if scores[i] >= threshold:
+                keep.append(ok)
+            elif low is not None and scores[i] >= low:
+                extra += 1
+                keep.append(ok and r[1] >= vconf)
+            else:
+                keep.append(False)
+        kb = boxes[np.array(keep, bool)] if len(boxes) else boxes
+        m = iou_matrix(kb, gt) if len(kb) and len(gt) else np.zeros((len(kb), len(gt)))
+        matched = set()
+        for i in range(len(kb)):
+            j = int(np.argmax(m[i])) if m.shape[1] else -1
+            if j >= 0 and m[i, j] >= iou and j not in matched:
+                matched.add(j)
+                tp += 1
+            else:
+                fp += 1
+        fn += len(gt) - len(matched)
+    return tp / max(1, tp + fn), tp / max(1, tp + fp), extra / max(1, len(rows))
 
 
 if __name__ == "__main__":

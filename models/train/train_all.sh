@@ -45,7 +45,7 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/r
 # 4. export with metadata, quantize, score
 $PY -m models.train.detector --out runs/detector --export models/plate_detector.onnx
 $PY -m models.train.reader --out runs/reader_avg --export models/plate_reader.onnx
-$PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx
+$PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 $PY -m models.train.quantize --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 .venv/bin/edge eval "$DATA/openalpr-endtoend" --out runs/eval.jsonl --threads 1
 .venv/bin/edge eval --crops "$DATA/openalpr-us-crops" --threads 1
