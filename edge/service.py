@@ -76,7 +76,7 @@ def cpu_temperature() -> float | None:
 
 
 REGION_PATTERNS = [
-    ("br", re.compile(r"^[A-Z]{3}[0-9][A-Z][0-9]{2}$")),  # Mercosur
+    ("br", re.compile(r"^[A-Z]{3}[0-9][A-J][0-9]{2}$")),  # Mercosur (fifth: the old digit written A-J)
     ("uk", re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z]{3}$")),  # current UK format
 ]
 

@@ -54,7 +54,7 @@ def test_format_prior_settles_look_alikes_only_when_close():
     assert ctc_greedy(m, CS, formats=("LLDDLLL",)).text == "LS15EBC"  # the glyph: I and 1 look alike
     assert ctc_greedy(probs("LSX5EBC"), CS, formats=("LLDDLLL",)).text == "LSX5EBC"  # no look-alike: unchanged
     ok = probs("ABC1234")  # fits a format already: untouched even if another format is close
-    assert ctc_greedy(ok, CS, formats=("LLLDDDD", "LLLDLDD")).text == "ABC1234"
+    assert ctc_greedy(ok, CS, formats=("LLLDDDD", "LLLDMDD")).text == "ABC1234"
 
 
 def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
@@ -83,3 +83,16 @@ def test_reader_set_regions_switches_formats_and_glyphs():
     assert len(reader.formats) == 3 and reader.glyphs == {}
     with pytest.raises(ValueError):
         reader.set_regions(("mars",))
+
+
+def test_br_formats_mercosur_letters_and_the_bare_bar():
+    from edge.vision.reader import REGION_FORMATS
+
+    br = REGION_FORMATS["br"]
+    assert ctc_greedy(probs("ABC1C23"), CS, formats=br).text == "ABC1C23"  # Mercosur: fifth is A-J
+    assert ctc_greedy(probs("ABC1B23"), CS, formats=br).text == "ABC1B23"  # B/8 are drawn apart: kept
+    # a bar in the fifth place fits Mercosur's I and the old plates' 1: the old format is the common one
+    assert ctc_greedy(probs("MYX3I52"), CS, formats=br).text == "MYX3152"
+    assert ctc_greedy(probs("MYX3I52"), CS).text == "MYX3I52"  # no region: as read
+    # Mercosur has no fifth letter past J: a Z there is the old format's 2 (the look-alike)
+    assert ctc_greedy(probs("ABC1Z23"), CS, formats=br).text == "ABC1223"

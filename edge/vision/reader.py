@@ -21,7 +21,10 @@ class TextRead:
 # Formats that fix, position by position, whether a character is a letter (L) or a digit (D). A site
 # that knows its region names it (like OpenALPR's -c); a read that does not fit is re-read under the
 # format: first by the reader's own probabilities, then by swapping glyphs that look alike.
-REGION_FORMATS = {"br": ("LLLDDDD", "LLLDLDD"), "uk": ("LLDDLLL",)}
+# Slots: L a letter, D a digit, M a letter A-J (Mercosur's fifth character: the old plate's digit
+# 0-9 written as A-J). A region's formats are listed most common first.
+REGION_FORMATS = {"br": ("LLLDDDD", "LLLDMDD"), "uk": ("LLDDLLL",)}
+MERCOSUR_LETTERS = "ABCDEFGHIJ"
 # Regions whose plates draw two characters with one glyph, and whose records write one of them: most
 # US states use the same glyph for the letter O and the digit 0 (standard serials leave O out), and
 # registrations are written with 0. A site in such a region reads that glyph as its recorded character.
@@ -90,21 +93,35 @@ def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[s
     return TextRead("".join(charset[c - off] for c in cls), conf, tuple(round(c, 4) for c in confs))
 
 
-def _format_prior(probs, steps, cls, confs, charset, off, formats):
-    def fits(f):
-        return len(f) == len(cls) and all(charset[c - off].isalpha() == (k == "L") for c, k in zip(cls, f))
+def slot_ok(ch: str, k: str) -> bool:
+    """Whether character ch may stand in a format slot k (L, D or M)."""
+    if k == "D":
+        return ch.isdigit()
+    return ch in MERCOSUR_LETTERS if k == "M" else ch.isalpha()
 
-    if any(fits(f) for f in formats):
+
+def _format_prior(probs, steps, cls, confs, charset, off, formats):
+    text = [charset[c - off] for c in cls]
+
+    def fits(f):
+        return len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))
+
+    fitting = [i for i, f in enumerate(formats) if fits(f)]
+    if fitting:
+        # a bare bar is the letter I in one format and the digit 1 in another: take the more common format
+        for f in formats[: fitting[0]]:
+            if len(f) == len(text) and all(slot_ok(ch, k) or (ch == "I" and k == "D") for ch, k in zip(text, f)):
+                return [charset.index("1" if ch == "I" and k == "D" else ch) + off for ch, k in zip(text, f)], confs
         return cls, confs  # already a known format: leave it alone
     best = (float(np.prod(confs)) * FORMAT_RATIO, cls, confs)
-    letters = np.array([c.isalpha() for c in charset])
+    masks = {k: np.array([slot_ok(c, k) for c in charset]) for k in "LDM"}
     for f in formats:
         if len(f) != len(steps):
             continue
         new_cls, new_conf = [], []
         for t, k in zip(steps, f):
             p = probs[t, off : off + len(charset)]
-            allowed = np.where(letters if k == "L" else ~letters, p, -1.0)
+            allowed = np.where(masks[k], p, -1.0)
             j = int(allowed.argmax())
             new_cls.append(j + off)
             new_conf.append(float(p[j]))
@@ -114,12 +131,11 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats):
     if best[1] is not cls:
         return best[1], best[2]
     # the glyphs themselves: a Brazilian 1 is drawn like an I, a 0 like an O
-    text = [charset[c - off] for c in cls]
     for f in formats:
         if len(f) != len(text):
             continue
-        swapped = [ch if ch.isalpha() == (k == "L") else (TO_LETTER if k == "L" else TO_DIGIT).get(ch) for ch, k in zip(text, f)]
-        if all(swapped):
+        swapped = [ch if slot_ok(ch, k) else (TO_DIGIT if k == "D" else TO_LETTER).get(ch) for ch, k in zip(text, f)]
+        if all(s is not None and slot_ok(s, k) for s, k in zip(swapped, f)):
             return [charset.index(ch) + off for ch in swapped], confs  # same glyphs, same confidences
     return cls, confs
 

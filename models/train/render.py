@@ -72,13 +72,15 @@ def _pick(rng: np.random.Generator, seq):
 
 
 def _chars(rng, pattern: str) -> str:
-    """Pattern letters: L letter, D digit, X either, anything else literal."""
+    """Pattern letters: L letter, D digit, M letter A-J, X either, anything else literal."""
     out = []
     for p in pattern:
         if p == "L":
             out.append(_pick(rng, LETTERS))
         elif p == "D":
             out.append(_pick(rng, DIGITS))
+        elif p == "M":
+            out.append(_pick(rng, "ABCDEFGHIJ"))
         elif p == "X":
             out.append(_pick(rng, LETTERS + DIGITS))
         else:
@@ -119,7 +121,7 @@ def _plate_format(rng, style: str) -> tuple[str, list[str]]:
     elif style == "br":
         pat = "LLL-DDDD" if rng.random() < 0.7 else "LLL DDDD"
     elif style == "mercosur":
-        pat = "LLLDLDD"
+        pat = "LLLDMDD"  # the fifth: the old plate's digit written A-J
     else:  # two-line (motorcycle / square plates)
         top = _pick(rng, ["LLL", "LL", "DDD", "LLD", "XX", "LLLL"])
         bot = _pick(rng, ["DDDD", "DDD", "LLDD", "DDDDD", "DDLL", "XXXX"])
