@@ -95,3 +95,11 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "x"), "--average",
                           str(base / "ckpt.pt"), str(tmp_path / "missing.pt")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0
+    r = py("models.train.reader", *common, "--out", str(tmp_path / "avg2"), "--average", str(base / "ckpt.pt"), str(ft / "ckpt.pt"),
+           "--alpha", "0,1")
+    assert "kept alpha" in r.stdout
+    kept = torch.load(tmp_path / "avg2" / "ckpt.pt", map_location="cpu")
+    assert any(torch.equal(kept["model"][k], c["model"][k]) for c in (a, b))  # one of the two ends, as scored
+    bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "y"), "--average",
+                          str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.5,x"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--alpha" in bad.stderr

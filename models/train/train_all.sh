@@ -40,7 +40,7 @@ fi
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_ft --finetune --lr 1e-3 \
   --minutes "${FT_MINUTES:-100}" --steps 9000 --real-frac 0.4 --threads "$THREADS"
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_avg \
-  --average runs/reader/ckpt.pt runs/reader_ft/ckpt.pt --alpha 0.5
+  --average runs/reader/ckpt.pt runs/reader_ft/ckpt.pt --alpha 0.3,0.5,0.7
 
 # 4. export with metadata, quantize, score
 $PY -m models.train.detector --out runs/detector --export models/plate_detector.onnx
