@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read with a region's plate conventions (br, uk: formats; us: O and 0 are one glyph); repeatable")
     e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
                    help="read each sub-folder named after a known region (br, uk, us), and with --crops each crop whose "
-                        "state column names a US state, with that region's conventions, as OpenALPR is run with -c per "
+                        "state column names a US state (or a known region), with that region's conventions, as OpenALPR is run with -c per "
                         "country (default: on; --no-region-from-folder reads region-blind)")
     e.set_defaults(func=cmd_eval)
 

@@ -219,8 +219,14 @@ US_STATE_CODES = frozenset(
 
 
 def region_of_state(state: str) -> str | None:
-    """The plate region a groundtruth `state` column names (a US state code -> "us")."""
-    return "us" if state.strip().lower() in US_STATE_CODES else None
+    """The plate region a groundtruth `state` column names: a US state code -> "us"; a known region
+    name (us, br, uk) -> itself."""
+    from edge.vision.reader import KNOWN_REGIONS
+
+    s = state.strip().lower()
+    if s in KNOWN_REGIONS:
+        return s
+    return "us" if s in US_STATE_CODES else None
 
 
 def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout,
@@ -237,8 +243,8 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
     tally = Tally()
     base = (reader.formats, reader.glyphs)
     if region_from_state and any(region_of_state(r.get("state") or "") for r in rows):
-        print("reading crops whose state column names a US state with the us region's conventions (--no-region-from-folder: off)",
-              file=stream)
+        print("reading crops whose state column names a US state or a known region with that region's conventions "
+              "(--no-region-from-folder: off)", file=stream)
     prog = Progress(len(rows), "eval crops")
     sink = open(out, "w") if out else None
     try:

@@ -96,3 +96,13 @@ def test_br_formats_mercosur_letters_and_the_bare_bar():
     assert ctc_greedy(probs("MYX3I52"), CS).text == "MYX3I52"  # no region: as read
     # Mercosur has no fifth letter past J: a Z there is the old format's 2 (the look-alike)
     assert ctc_greedy(probs("ABC1Z23"), CS, formats=br).text == "ABC1223"
+
+
+def test_glyph_rule_leaves_a_read_that_fits_the_sites_format():
+    from tests.conftest import MODELS
+
+    from edge.vision.reader import PlateReader
+
+    reader = PlateReader(MODELS / "plate_reader.onnx")
+    reader.set_regions(("uk", "us"))  # a site near both: a UK-format read keeps its letter O
+    assert reader._fits_format("LO12ABC") and not reader._fits_format("LO12AB")

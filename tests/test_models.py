@@ -130,3 +130,27 @@ def test_calibration_system_score_counts_the_verify_rule():
     rec, prec, _ = system_score(rows, reads, 0.3, 0.2, 0.85, 0.3)
     assert (rec, prec) == (1.0, 0.5)
     assert system_score(rows, reads, 0.3, 0.25, 0.85, 0.3)[:2] == (0.0, 0.0)  # the plate scored under 0.25
+
+
+def test_recognize_takes_an_under_scored_plate_only_through_the_verify_rule(recognizer):
+    """The real models on a rendered scene: with the plate's box below the detector threshold, the
+    plate is reported only when the verify band covers its score and the read is confident enough."""
+    from edge.evaluate import load_truth, matches
+
+    t = load_truth(DATA / "scenes")[0]
+    frame = cv2.imread(str(t.image))
+    d = recognizer.detector
+    saved = (d.threshold, d.verify_threshold, d.verify_confidence)
+    try:
+        base = [p for p in recognizer.recognize(frame) if matches(p.box, t.box)]
+        assert base and base[0].text == t.text
+        d.threshold = min(1.0, base[0].detection_score + 0.01)  # the plate is now under the threshold
+        d.verify_threshold, d.verify_confidence = None, None
+        assert not any(matches(p.box, t.box) for p in recognizer.recognize(frame))
+        d.verify_threshold, d.verify_confidence = 0.05, 0.5
+        got = [p for p in recognizer.recognize(frame) if matches(p.box, t.box)]
+        assert got and got[0].text == t.text
+        d.verify_confidence = min(1.0, got[0].read_confidence + 0.001)  # not confident enough for the band
+        assert not any(matches(p.box, t.box) for p in recognizer.recognize(frame))
+    finally:
+        d.threshold, d.verify_threshold, d.verify_confidence = saved

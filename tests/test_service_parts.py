@@ -49,6 +49,7 @@ def test_sd_notify_sends_datagrams(tmp_path):
 
 def test_region_guess_only_when_the_format_tells():
     assert region_guess("ABC1D23") == "br" and region_guess("LS15EBC") == "uk" and region_guess("ABC123") is None
+    assert region_guess("ABC1K23") is None  # Mercosur's fifth is A-J (the old digit 0-9)
 
 
 def test_encode_jpeg_respects_the_limit():

@@ -25,9 +25,11 @@ class TextRead:
 # 0-9 written as A-J). A region's formats are listed most common first.
 REGION_FORMATS = {"br": ("LLLDDDD", "LLLDMDD"), "uk": ("LLDDLLL",)}
 MERCOSUR_LETTERS = "ABCDEFGHIJ"
-# Regions whose plates draw two characters with one glyph, and whose records write one of them: most
-# US states use the same glyph for the letter O and the digit 0 (standard serials leave O out), and
-# registrations are written with 0. A site in such a region reads that glyph as its recorded character.
+# Regions whose plates draw two characters with one glyph, and whose records mostly write one of them:
+# most US states use one glyph for the letter O and the digit 0 (standard serials leave O out) and
+# registrations are mostly written with 0 (7 of the 369 openalpr US crops keep a letter O, vanity
+# plates: those are lost). A site in such a region reads that glyph as its recorded character. A read
+# that fits one of the site's plate formats is left as the format settled it.
 REGION_GLYPHS = {"us": {"O": "0"}}
 KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS)))
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
@@ -108,7 +110,9 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats):
 
     fitting = [i for i, f in enumerate(formats) if fits(f)]
     if fitting:
-        # a bare bar is the letter I in one format and the digit 1 in another: take the more common format
+        # a bare bar is the letter I in one format and the digit 1 in another: take the more common
+        # format (br: an old plate's 1 is drawn as a bar; a Mercosur fifth I, the old digit 8, is one
+        # Mercosur plate in ten, and Mercosur plates are still the smaller part of the fleet; those are lost)
         for f in formats[: fitting[0]]:
             if len(f) == len(text) and all(slot_ok(ch, k) or (ch == "I" and k == "D") for ch, k in zip(text, f)):
                 return [charset.index("1" if ch == "I" and k == "D" else ch) + off for ch, k in zip(text, f)], confs
@@ -172,4 +176,10 @@ class PlateReader:
             return []
         x = np.stack([self.prepare(c) for c in crops_bgr])
         probs = self.model.run(x)[0]
-        return [apply_glyphs(ctc_greedy(p, self.charset, self.blank, self.formats), self.glyphs) for p in probs]
+        reads = [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
+        if self.glyphs:
+            reads = [r if self._fits_format(r.text) else apply_glyphs(r, self.glyphs) for r in reads]
+        return reads
+
+    def _fits_format(self, text: str) -> bool:
+        return any(len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f)) for f in self.formats)

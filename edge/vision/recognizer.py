@@ -60,10 +60,14 @@ class PlateRecognizer:
     @property
     def detect_threshold(self) -> float:
         """The lowest detector score worth reading: the model's threshold, or its verify threshold."""
+        return min(self.detector.threshold, self.detector.verify_threshold) if self._verifying else self.detector.threshold
+
+    @property
+    def _verifying(self) -> bool:
+        # a threshold set by hand is not the one the verify band was calibrated under: no band then
         d = self.detector
-        if self.config.verify and d.verify_threshold is not None and d.verify_confidence is not None:
-            return min(d.threshold, d.verify_threshold)
-        return d.threshold
+        return (self.config.verify and self.config.detection_threshold is None and d.verify_threshold is not None
+                and d.verify_confidence is not None)
 
     def accepts(self, score: float, read) -> bool:
         """Whether a box with this detector score and this read is a plate worth reporting: a
@@ -74,8 +78,7 @@ class PlateRecognizer:
             return False
         if score >= d.threshold:
             return True
-        return (c.verify and d.verify_threshold is not None and d.verify_confidence is not None
-                and score >= d.verify_threshold and read.confidence >= d.verify_confidence)
+        return self._verifying and score >= d.verify_threshold and read.confidence >= d.verify_confidence
 
     def crops(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         h, w = frame.shape[:2]

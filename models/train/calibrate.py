@@ -89,6 +89,7 @@ def main(argv=None):
                                       "min_precision": a.min_precision, "table": table})
     meta.pop("verify_threshold", None)
     meta.pop("verify_confidence", None)
+    meta.pop("verify_calibration", None)
     if reader is not None:
         base = system_score(rows, reads, chosen, None, None, a.iou)
         print(f"system at threshold {chosen}: recall {base[0]:.3f} precision {base[1]:.3f}")

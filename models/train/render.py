@@ -190,8 +190,7 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
                 img.paste(ci, (int(sx0), int(H * (0.27 + 0.2 * k))), ci)
         else:
             d.rounded_rectangle([sx0, H * 0.3, sx1, H * 0.7], radius=4, fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        if rng.random() < 0.5:
-            x0 = sx1 + 0.02 * W
+        x0 = sx1 + 0.02 * W
     if rng.random() < 0.5:  # mounting bolts
         r = max(2, int(H * rng.uniform(0.025, 0.05)))
         col = tuple(int(c) for c in rng.integers(60, 200, 3))
