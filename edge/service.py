@@ -340,8 +340,11 @@ class Pipeline:
         known = [self._settled(b) if self.o.settle_frames else None for b in boxes]
         h, w = full.shape[:2]
         # a box cut by the frame's edge holds at best part of a plate (the vehicle is read in other
-        # frames): not worth reading
-        cut = [b[0] <= 1 or b[1] <= 1 or b[2] >= w - 1 or b[3] >= h - 1 for b in boxes]
+        # frames): not worth reading. "Cut" is when the reader's crop (the box grown by the margins it
+        # was trained with) does not fit in the frame: the text may go on past the edge unseen.
+        mx, my = self.recognizer.reader.margin_x, self.recognizer.reader.margin_y
+        cut = [b[0] - mx * (b[2] - b[0]) < 0 or b[1] - my * (b[3] - b[1]) < 0 or b[2] + mx * (b[2] - b[0]) > w
+               or b[3] + my * (b[3] - b[1]) > h for b in boxes]
         todo = [i for i, k in enumerate(known) if k is None and not cut[i]]
         reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, boxes[todo])) if todo else []))
         if todo:
