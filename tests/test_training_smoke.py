@@ -49,6 +49,25 @@ def test_detector_training_smoke_resume_export(tmp_path):
     d = PlateDetector(tmp_path / "d.onnx")
     assert d.model.meta["train_steps"] == 3 and "train.log" in {p.name for p in out.iterdir()}
     d.detect(np.zeros((360, 640, 3), np.uint8))
+    r = py("models.train.detector", "--data", str(data), "--out", str(out), "--finetune", "--steps", "2", "--batch", "2",
+           "--negatives", "1.0", "--lr", "1e-3")
+    assert "fine-tuning from step 3" in r.stdout and "stopped at step 5" in r.stdout
+
+
+def test_distractors_paint_text_but_never_over_a_plate():
+    pytest.importorskip("PIL", reason="needs the [train] extra")
+    from models.train.distractors import paint
+
+    rng = np.random.default_rng(0)
+    img = np.full((320, 320, 3), 128, np.uint8)
+    boxes = np.array([[100, 100, 220, 160]], np.float32)
+    changed = 0
+    for _ in range(10):
+        out = paint(img, boxes, rng, n=3)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.array_equal(out[100:160, 100:220], img[100:160, 100:220])  # the plate is left alone
+        changed += int((out != img).any())
+    assert changed >= 8  # and something was painted nearly every time
 
 
 def test_reader_training_smoke_export_and_quantize(tmp_path):

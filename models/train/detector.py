@@ -107,7 +107,9 @@ class Scenes:
         return got
 
 
-def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=CROP):
+def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=CROP, negatives: float = 0.0):
+    """A training crop: random scale and window (biased to plates), flip, photometric changes; with
+    probability `negatives`, signs and lettering pasted where no plate is (see distractors.py)."""
     h, w = img.shape[:2]
     base = LONG_SIDE / max(h, w)
     s = base * float(np.exp(rng.uniform(math.log(0.45), math.log(1.6))))
@@ -153,6 +155,10 @@ def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=C
             b = np.stack([crop - b[:, 2], b[:, 1], crop - b[:, 0], b[:, 3]], 1)
         if len(ig):
             ig = np.stack([crop - ig[:, 2], ig[:, 1], crop - ig[:, 0], ig[:, 3]], 1)
+    if negatives and rng.random() < negatives:
+        from models.train.distractors import paint
+
+        canvas = paint(canvas, np.concatenate([b.reshape(-1, 4), ig.reshape(-1, 4)]), rng)
     canvas = photometric(canvas, rng)
     return canvas, b.astype(np.float32), ig.astype(np.float32)
 
@@ -202,12 +208,12 @@ def make_target(boxes: np.ndarray, ignore: np.ndarray, size=CROP):
     return heat, reg, mask, weight
 
 
-def batch(scenes: Scenes, items, rng: np.random.Generator, n: int):
+def batch(scenes: Scenes, items, rng: np.random.Generator, n: int, negatives: float = 0.0):
     ims, heats, regs, masks, weights = [], [], [], [], []
     for _ in range(n):
         it = items[int(rng.integers(len(items)))]
         img, s = scenes.image(it)
-        im, b, ig = augment(img, it.boxes * s, rng)
+        im, b, ig = augment(img, it.boxes * s, rng, negatives=negatives)
         h, r, m, w = make_target(b, ig)
         ims.append(im)
         heats.append(h)
@@ -306,6 +312,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", type=Path, help="write ONNX from the checkpoint and exit")
     ap.add_argument("--limit", type=int, default=0, help="use only N images (smoke runs)")
+    ap.add_argument("--negatives", type=float, default=0.0,
+                    help="share of crops given pasted signs/lettering as hard negatives (distractors.py)")
+    ap.add_argument("--finetune", action="store_true",
+                    help="continue from the checkpoint in --out with a fresh schedule (--lr, --minutes, --steps more)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +330,15 @@ def main(argv=None):
         opt.load_state_dict(st["opt"])
         step, best, spent = st["step"], st.get("metrics", {}), st.get("spent", 0.0)
         log(f"resumed from step {step}")
+    start = 0
+    if a.finetune:
+        if not ck.exists():
+            raise SystemExit(f"--finetune needs a checkpoint in {a.out}")
+        start = st.get("finetune_from") or step
+        if not st.get("finetune_from"):
+            spent = 0.0
+        a.steps = start + a.steps
+        log(f"fine-tuning from step {start} for up to {a.steps - start} steps / {a.minutes} min at lr {a.lr}, negatives {a.negatives}")
     if a.export:
         meta = {
             "kind": "plate-detector",
@@ -348,11 +367,12 @@ def main(argv=None):
     t0 = time.time()
     while step < a.steps and time.time() - t_start < budget:
         # cosine schedule over whichever runs out first: steps or the time budget
-        progress = min(1.0, max(step / a.steps, (time.time() - t_start) / budget))
-        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if step > 200 else a.lr * (step + 1) / 200
+        progress = min(1.0, max((step - start) / max(1, a.steps - start), (time.time() - t_start) / budget))
+        warm = step - start
+        lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if warm > 200 else a.lr * (warm + 1) / 200
         for g in opt.param_groups:
             g["lr"] = lr
-        x, h, r, m, w = batch(scenes, scenes.train_items, rng, a.batch)
+        x, h, r, m, w = batch(scenes, scenes.train_items, rng, a.batch, a.negatives)
         out = model(x)
         loss, hl, rl = loss_fn(out, h, r, m, w)
         opt.zero_grad()
@@ -363,12 +383,15 @@ def main(argv=None):
             log(f"step {step} loss {loss.item():.3f} heat {hl:.3f} reg {rl:.3f} lr {lr:.5f} {(time.time() - t0) / 25:.2f}s/step")
             t0 = time.time()
         if step % 250 == 0 or step == a.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start}, ck)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start,
+                        "finetune_from": start or None}, ck)
             rec, prec = evaluate(model, scenes)
             best = {"val_recall_iou50": round(rec, 4), "val_precision_iou50": round(prec, 4), "step": step}
             log(f"eval {json.dumps(best)}")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start}, ck)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start}, ck)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start,
+                        "finetune_from": start or None}, ck)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": best, "spent": time.time() - t_start,
+                        "finetune_from": start or None}, ck)
     log(f"stopped at step {step}")
 
 
