@@ -45,6 +45,23 @@ def test_nms_keeps_best_of_overlaps_and_separate_boxes():
     assert keep.tolist() == [1, 2]
 
 
+def test_nms_cover_drops_a_shifted_box_on_the_same_plate_only_when_asked():
+    # a plate and a box shifted half a plate up (IoU 0.27, but over half of it inside the plate's box)
+    plate = [162, 590, 329, 642]
+    shifted = [147, 552, 342, 617]
+    other = [600, 590, 760, 640]  # a plate beside it
+    boxes = np.array([plate, shifted, other], np.float32)
+    scores = np.array([0.44, 0.31, 0.5])
+    assert iou_matrix(boxes[:1], boxes[1:2])[0, 0] < 0.3
+    assert sorted(nms(boxes, scores, 0.3).tolist()) == [0, 1, 2]
+    assert sorted(nms(boxes, scores, 0.3, cover_threshold=0.4).tolist()) == [0, 2]
+    # the kept one is whichever scored higher
+    assert sorted(nms(boxes, np.array([0.3, 0.6, 0.5]), 0.3, cover_threshold=0.4).tolist()) == [1, 2]
+    # boxes that only touch are both kept
+    touching = np.array([[0, 0, 100, 30], [0, 29, 100, 60]], np.float32)
+    assert sorted(nms(touching, np.array([0.9, 0.8]), 0.3, cover_threshold=0.4).tolist()) == [0, 1]
+
+
 def test_nms_empty():
     assert nms(np.zeros((0, 4)), np.zeros(0)).size == 0
 

@@ -50,8 +50,17 @@ def test_detector_training_smoke_resume_export(tmp_path):
     assert d.model.meta["train_steps"] == 3 and "train.log" in {p.name for p in out.iterdir()}
     d.detect(np.zeros((360, 640, 3), np.uint8))
     r = py("models.train.detector", "--data", str(data), "--out", str(out), "--finetune", "--steps", "2", "--batch", "2",
-           "--negatives", "1.0", "--lr", "1e-3")
+           "--negatives", "1.0", "--synthetic", "1.0", "--lr", "1e-3")
     assert "fine-tuning from step 3" in r.stdout and "stopped at step 5" in r.stdout
+    # a new stage starts from that checkpoint with a fresh schedule, the old run left as it was
+    before = (out / "ckpt.pt").read_bytes()
+    r = py("models.train.detector", "--data", str(data), "--out", str(tmp_path / "stage2"), "--init", str(out / "ckpt.pt"),
+           "--finetune", "--steps", "1", "--batch", "2")
+    assert "fine-tuning from step 5 for up to 1 steps" in r.stdout and "stopped at step 6" in r.stdout
+    assert (out / "ckpt.pt").read_bytes() == before
+    bad = subprocess.run([sys.executable, "-m", "models.train.detector", "--out", str(tmp_path / "stage3"), "--finetune",
+                          "--init", str(tmp_path / "missing.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--init: no checkpoint at" in bad.stderr
 
 
 def test_distractors_paint_text_but_never_over_a_plate():
@@ -68,6 +77,31 @@ def test_distractors_paint_text_but_never_over_a_plate():
         assert np.array_equal(out[100:160, 100:220], img[100:160, 100:220])  # the plate is left alone
         changed += int((out != img).any())
     assert changed >= 8  # and something was painted nearly every time
+
+
+def test_synthetic_vehicle_adds_a_labelled_plate_and_hides_no_real_one():
+    pytest.importorskip("PIL", reason="needs the [train] extra")
+    from models.train.detector import add_vehicle
+
+    rng = np.random.default_rng(1)
+    img = np.full((320, 320, 3), 128, np.uint8)
+    boxes = np.array([[20, 20, 120, 50]], np.float32)
+    added = 0
+    for _ in range(20):
+        out, nb = add_vehicle(img, boxes, rng)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.array_equal(nb[:1], boxes)
+        if len(nb) == 2:
+            added += 1
+            x1, y1, x2, y2 = nb[1]
+            assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 320
+            inside = out[int(y1) + 1 : int(y2), int(x1) + 1 : int(x2)]
+            assert inside.size and inside.std() > 5  # a plate with lettering is drawn there, not flat grey
+            # the labelled plate was not painted over (only blurred a little)
+            assert np.abs(out[22:48, 22:118].astype(int) - 128).max() <= 2
+        else:
+            assert np.array_equal(out, img)
+    assert added >= 15
 
 
 def test_reader_training_smoke_export_and_quantize(tmp_path):

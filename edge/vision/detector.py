@@ -24,12 +24,15 @@ class Detections:
 
 
 def decode_heads(
-    heads: np.ndarray, stride: int, threshold: float, lb: Letterbox, iou: float = 0.3, max_det: int = 50
+    heads: np.ndarray, stride: int, threshold: float, lb: Letterbox, iou: float = 0.3, max_det: int = 50,
+    cover: float | None = 0.4,
 ) -> np.ndarray:
     """Turn the (5, gh, gw) head map into (N, 5) [x1 y1 x2 y2 score] rows in source pixels.
 
     Channel 0 is the centre heat (0..1), 1-2 are log(width/stride), log(height/stride), 3-4 the
     sub-cell offset of the centre. Peaks are local maxima of the heat (3x3) above `threshold`.
+    Plates on different vehicles do not overlap, so besides IoU a box with more than `cover` of
+    its area inside a higher-scored box is taken for the same plate and dropped.
     """
     heat = np.ascontiguousarray(heads[0], dtype=np.float32)
     peak = cv2.dilate(heat, np.ones((3, 3), np.uint8))
@@ -45,7 +48,7 @@ def decode_heads(
     cx = (xs + heads[3, ys, xs]) * stride
     cy = (ys + heads[4, ys, xs]) * stride
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    keep = nms(boxes, scores, iou)[:max_det]
+    keep = nms(boxes, scores, iou, cover)[:max_det]
     src = lb.to_source(boxes[keep])
     out = np.concatenate([src, scores[keep, None]], 1).astype(np.float32)
     ok = (out[:, 2] - out[:, 0] >= 2) & (out[:, 3] - out[:, 1] >= 2)

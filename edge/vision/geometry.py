@@ -68,18 +68,27 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.4) -> np.ndarray:
-    """Indices of the boxes kept by greedy NMS, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.4, cover_threshold: float | None = None) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, highest score first. With `cover_threshold`, a box
+    is also dropped when the overlap with a kept box is more than that share of the smaller of
+    the two (a shifted, partial or enclosing box on the same object, whose IoU can be low)."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
     keep: list[int] = []
     while order.size:
         i = int(order[0])
         keep.append(i)
         if order.size == 1:
             break
-        ious = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
+        rest = order[1:]
+        ious = iou_matrix(boxes[i : i + 1], boxes[rest])[0]
+        ok = ious <= iou_threshold
+        if cover_threshold is not None:
+            ix = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+            iy = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+            ok &= ix * iy / np.minimum(areas[rest], areas[i]) <= cover_threshold
+        order = rest[ok]
     return np.array(keep, dtype=np.int64)
 
 

@@ -107,9 +107,42 @@ class Scenes:
         return got
 
 
-def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=CROP, negatives: float = 0.0):
+def add_vehicle(canvas: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one synthetic vehicle with a rendered plate (scene.py) where it hides no labelled plate;
+    returns the new BGR canvas and the plate boxes with the new plate added."""
+    from models.train.render import render_plate
+    from models.train.scene import draw_vehicle
+
+    H, W = canvas.shape[:2]
+    plate_w = float(np.exp(rng.uniform(math.log(14), math.log(150))))
+    vw = plate_w / 0.36
+    vh = vw * 0.78
+    if vw >= W - 2 or vh >= H - 2:
+        return canvas, boxes
+    for _try in range(8):
+        cx = float(rng.uniform(vw / 2, W - vw / 2))
+        bottom = float(rng.uniform(vh, H))
+        x1, y1, x2, y2 = cx - vw / 2, bottom - vh, cx + vw / 2, bottom
+        if len(boxes) and np.any((boxes[:, 0] < x2) & (boxes[:, 2] > x1) & (boxes[:, 1] < y2) & (boxes[:, 3] > y1)):
+            continue
+        rgb = canvas[..., ::-1].copy()
+        night = rng.random() < 0.15
+        placed = draw_vehicle(rgb, cx, bottom, vw, rng, render_plate(rng), yaw=float(rng.uniform(-0.1, 0.1)), night=night)
+        if night:
+            region = rgb[int(y1) : int(y2), int(x1) : int(x2)]
+            region[:] = (region * 0.6).astype(np.uint8)
+        sigma = float(rng.uniform(0.3, 1.2))
+        rgb = cv2.GaussianBlur(rgb, (0, 0), sigma)
+        nb = np.array([placed.box], np.float32).clip(0, [W, H, W, H])
+        return rgb[..., ::-1].copy(), np.concatenate([boxes.reshape(-1, 4), nb])
+    return canvas, boxes
+
+
+def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=CROP, negatives: float = 0.0,
+            synthetic: float = 0.0):
     """A training crop: random scale and window (biased to plates), flip, photometric changes; with
-    probability `negatives`, signs and lettering pasted where no plate is (see distractors.py)."""
+    probability `negatives`, signs and lettering pasted where no plate is (see distractors.py); with
+    probability `synthetic`, a drawn vehicle carrying a rendered plate (a labelled positive)."""
     h, w = img.shape[:2]
     base = LONG_SIDE / max(h, w)
     s = base * float(np.exp(rng.uniform(math.log(0.45), math.log(1.6))))
@@ -159,6 +192,11 @@ def augment(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, crop=C
         from models.train.distractors import paint
 
         canvas = paint(canvas, np.concatenate([b.reshape(-1, 4), ig.reshape(-1, 4)]), rng)
+    if synthetic and rng.random() < synthetic:
+        n_real = len(b)
+        canvas, both = add_vehicle(canvas, np.concatenate([b.reshape(-1, 4), ig.reshape(-1, 4)]), rng)
+        if len(both) > n_real + len(ig):
+            b = np.concatenate([b.reshape(-1, 4), both[-1:]])
     canvas = photometric(canvas, rng)
     return canvas, b.astype(np.float32), ig.astype(np.float32)
 
@@ -208,12 +246,12 @@ def make_target(boxes: np.ndarray, ignore: np.ndarray, size=CROP):
     return heat, reg, mask, weight
 
 
-def batch(scenes: Scenes, items, rng: np.random.Generator, n: int, negatives: float = 0.0):
+def batch(scenes: Scenes, items, rng: np.random.Generator, n: int, negatives: float = 0.0, synthetic: float = 0.0):
     ims, heats, regs, masks, weights = [], [], [], [], []
     for _ in range(n):
         it = items[int(rng.integers(len(items)))]
         img, s = scenes.image(it)
-        im, b, ig = augment(img, it.boxes * s, rng, negatives=negatives)
+        im, b, ig = augment(img, it.boxes * s, rng, negatives=negatives, synthetic=synthetic)
         h, r, m, w = make_target(b, ig)
         ims.append(im)
         heats.append(h)
@@ -314,6 +352,10 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="use only N images (smoke runs)")
     ap.add_argument("--negatives", type=float, default=0.0,
                     help="share of crops given pasted signs/lettering as hard negatives (distractors.py)")
+    ap.add_argument("--synthetic", type=float, default=0.0,
+                    help="share of crops given a drawn vehicle with a rendered plate (scene.py) as an extra positive")
+    ap.add_argument("--init", type=Path,
+                    help="with --finetune and no checkpoint in --out yet: start from this checkpoint with a fresh schedule")
     ap.add_argument("--finetune", action="store_true",
                     help="continue from the checkpoint in --out with a fresh schedule (--lr, --minutes, --steps more)")
     a = ap.parse_args(argv)
@@ -324,6 +366,14 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     step, best, spent = 0, {}, 0.0
     ck = a.out / "ckpt.pt"
+    if a.init and not ck.exists():
+        if not a.finetune:
+            raise SystemExit("--init needs --finetune")
+        if not a.init.exists():
+            raise SystemExit(f"--init: no checkpoint at {a.init}")
+        st = torch.load(a.init, map_location="cpu")
+        st["finetune_from"], st["spent"] = None, 0.0
+        torch.save(st, ck)
     if ck.exists():
         st = torch.load(ck, map_location="cpu")
         model.load_state_dict(st["model"])
@@ -338,7 +388,7 @@ def main(argv=None):
         if not st.get("finetune_from"):
             spent = 0.0
         a.steps = start + a.steps
-        log(f"fine-tuning from step {start} for up to {a.steps - start} steps / {a.minutes} min at lr {a.lr}, negatives {a.negatives}")
+        log(f"fine-tuning from step {start} for up to {a.steps - start} steps / {a.minutes} min at lr {a.lr}, negatives {a.negatives}, synthetic {a.synthetic}")
     if a.export:
         meta = {
             "kind": "plate-detector",
@@ -372,7 +422,7 @@ def main(argv=None):
         lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if warm > 200 else a.lr * (warm + 1) / 200
         for g in opt.param_groups:
             g["lr"] = lr
-        x, h, r, m, w = batch(scenes, scenes.train_items, rng, a.batch, a.negatives)
+        x, h, r, m, w = batch(scenes, scenes.train_items, rng, a.batch, a.negatives, a.synthetic)
         out = model(x)
         loss, hl, rl = loss_fn(out, h, r, m, w)
         opt.zero_grad()

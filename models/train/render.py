@@ -240,8 +240,34 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
             cy = 0.5 * H
         n = max(1, len(disp))
         width = min(x1 - x0, cap_h * n * rng.uniform(0.42, 0.62 if style != "us" else 0.75))
-        ti = text_image(disp, font, ink, int(width), int(cap_h))
-        img.paste(ti, (int((x0 + x1) / 2 - width / 2), int(cy - cap_h / 2)), ti)
+        parts = disp.replace("-", " ").split(" ", 1)
+        if style == "eu" and len(parts) == 2 and rng.random() < 0.35:
+            # a coat of arms or round inspection seals between the district code and the rest
+            # (Germany, Austria, Slovakia, Croatia): not a character
+            gap = cap_h * rng.uniform(0.45, 0.7)
+            left, right = parts[0], parts[1].replace(" ", "")
+            unit = (width - gap) / max(1, len(left) + len(right))
+            lx = (x0 + x1) / 2 - width / 2
+            for k, part in enumerate((left, right)):
+                pw = max(1, int(unit * len(part)))
+                ti = text_image(part, font, ink, pw, int(cap_h))
+                img.paste(ti, (int(lx), int(cy - cap_h / 2)), ti)
+                if k == 0:
+                    ex0, ex1 = lx + pw + gap * 0.12, lx + pw + gap * 0.88
+                    lx += pw + gap
+            col = tuple(int(c) for c in rng.integers(0, 255, 3))
+            if rng.random() < 0.5:  # two stacked round seals
+                r_ = (ex1 - ex0) / 2
+                for sy in (cy - r_ * 1.05, cy + r_ * 1.05):
+                    d.ellipse([ex0, sy - r_, ex1, sy + r_], fill=col, outline=(40, 40, 40))
+                    col = tuple(int(c) for c in rng.integers(0, 255, 3))
+            else:  # a shield
+                top_, bot_ = cy - cap_h * 0.4, cy + cap_h * 0.4
+                d.polygon([(ex0, top_), (ex1, top_), (ex1, cy + cap_h * 0.1), ((ex0 + ex1) / 2, bot_), (ex0, cy + cap_h * 0.1)],
+                          fill=col, outline=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        else:
+            ti = text_image(disp, font, ink, int(width), int(cap_h))
+            img.paste(ti, (int((x0 + x1) / 2 - width / 2), int(cy - cap_h / 2)), ti)
         text_out = "".join(c for c in disp if c.isalnum())
         if style == "us":
             text_out = text_out.replace("O", "0")  # most US states use one glyph for O and 0; records write 0
