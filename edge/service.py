@@ -324,7 +324,7 @@ class Pipeline:
         self.counts["region_detections"] += 1
         b = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
         sc = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
-        keep = nms(b, sc, 0.3) if len(sc) else np.zeros(0, np.int64)
+        keep = nms(b, sc, 0.3, 0.4) if len(sc) else np.zeros(0, np.int64)
         return Detections(b[keep], sc[keep])
 
     def _observe(self, frame: Frame) -> list[Observation]:
@@ -357,7 +357,8 @@ class Pipeline:
                 k = known[i]
                 text, conf, cc = k.text, k.confidence, k.char_confidences
             elif cut[i]:
-                self.counts["cut_by_edge"] += 1
+                # counted only for boxes the detector calls plates (a verify-band box needed a read)
+                self.counts["cut_by_edge"] += int(dets.scores[i] >= self.recognizer.detector.threshold)
                 continue
             else:
                 r = reads[i]
