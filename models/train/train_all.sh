@@ -34,32 +34,26 @@ if [ ! -s runs/pseudo2.tsv ]; then
   $PY -m models.train.pseudolabel --data "$DATA" --rec runs/peer/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx \
     --agree runs/reader_base.onnx --out runs/pseudo2.tsv
 fi
-if [ ! -f runs/reader_ft/ckpt.pt ]; then
-  mkdir -p runs/reader_ft && cp runs/reader/ckpt.pt runs/reader_ft/ckpt.pt
-fi
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_ft --finetune --lr 1e-3 \
-  --minutes "${FT_MINUTES:-100}" --steps 9000 --real-frac 0.4 --threads "$THREADS"
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_avg \
-  --average runs/reader/ckpt.pt runs/reader_ft/ckpt.pt --alpha 0.3,0.5,0.7
+# reader_round FT FROM AVG LR MINUTES STEPS REAL_FRAC: fine-tune a copy of checkpoint FROM in runs/FT
+# with a fresh schedule (a rerun resumes it), then keep the weight average of FROM and the fine-tune
+# (WiSE-FT, alpha chosen on the training-side validation) in runs/AVG
+reader_round() {
+  if [ ! -f "runs/$1/ckpt.pt" ]; then
+    mkdir -p "runs/$1" && cp "$2" "runs/$1/ckpt.pt"
+  fi
+  $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out "runs/$1" --finetune --lr "$4" \
+    --minutes "$5" --steps "$6" --real-frac "$7" --threads "$THREADS"
+  $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out "runs/$3" \
+    --average "$2" "runs/$1/ckpt.pt" --alpha 0.3,0.5,0.7
+}
+reader_round reader_ft runs/reader/ckpt.pt reader_avg 1e-3 "${FT_MINUTES:-100}" 9000 0.4
 
 # 4. the reader's third round: a fine-tune of the averaged reader on the renderer's US habits
-#    (O/0 as 0, edge-to-edge registrations, badges, bolts; Mercosur fifth A-J), averaged again
-if [ ! -f runs/reader_ft3/ckpt.pt ]; then
-  mkdir -p runs/reader_ft3 && cp runs/reader_avg/ckpt.pt runs/reader_ft3/ckpt.pt
-fi
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_ft3 --finetune --lr 1e-3 \
-  --minutes "${FT3_MINUTES:-85}" --steps 8000 --real-frac 0.35 --threads "$THREADS"
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_avg3 \
-  --average runs/reader_avg/ckpt.pt runs/reader_ft3/ckpt.pt --alpha 0.3,0.5,0.7
+#    (O/0 as 0, edge-to-edge registrations, badges, bolts; Mercosur fifth A-J), averaged again;
 #    fourth round: a shorter, gentler fine-tune of that (the renderer now also draws EU seals and
 #    arms between the letter groups), averaged again
-if [ ! -f runs/reader_ft4/ckpt.pt ]; then
-  mkdir -p runs/reader_ft4 && cp runs/reader_avg3/ckpt.pt runs/reader_ft4/ckpt.pt
-fi
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_ft4 --finetune --lr 5e-4 \
-  --minutes "${FT4_MINUTES:-55}" --steps 6000 --real-frac 0.35 --threads "$THREADS"
-$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_avg4 \
-  --average runs/reader_avg3/ckpt.pt runs/reader_ft4/ckpt.pt --alpha 0.3,0.5,0.7
+reader_round reader_ft3 runs/reader_avg/ckpt.pt reader_avg3 1e-3 "${FT3_MINUTES:-85}" 8000 0.35
+reader_round reader_ft4 runs/reader_avg3/ckpt.pt reader_avg4 5e-4 "${FT4_MINUTES:-55}" 6000 0.35
 
 # 5. the detector's fine-tunes, each a stage starting from the last one's checkpoint (a rerun
 #    resumes a stage): hard negatives (signs, boards, vehicle lettering pasted where no plate is),
