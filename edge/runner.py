@@ -137,7 +137,8 @@ class Runner:
             rec = PlateRecognizer(RecognizerConfig(model_dir=cfg.pipeline.model_dir or default_model_dir(),
                                                    threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence,
                                                    min_length=cfg.pipeline.min_length, regions=tuple(cfg.pipeline.regions),
-                                                   verify=cfg.pipeline.verify))
+                                                   verify=cfg.pipeline.verify,
+                                                   min_plate_width=cfg.pipeline.min_plate_width))
         except ModelError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
         from edge.outbox import OutboxError

@@ -345,7 +345,8 @@ class Pipeline:
         mx, my = self.recognizer.reader.margin_x, self.recognizer.reader.margin_y
         cut = [b[0] - mx * (b[2] - b[0]) < 0 or b[1] - my * (b[3] - b[1]) < 0 or b[2] + mx * (b[2] - b[0]) > w
                or b[3] + my * (b[3] - b[1]) > h for b in boxes]
-        todo = [i for i, k in enumerate(known) if k is None and not cut[i]]
+        small = ~self.recognizer.wide_enough(boxes)
+        todo = [i for i, k in enumerate(known) if k is None and not cut[i] and not small[i]]
         reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, boxes[todo])) if todo else []))
         if todo:
             self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
@@ -353,6 +354,9 @@ class Pipeline:
         out = []
         for i, box in enumerate(boxes):
             x1, y1, x2, y2 = (float(v) for v in box)
+            if small[i]:
+                self.counts["too_small"] += 1  # [pipeline] min_plate_width: not read, not tracked
+                continue
             if known[i] is not None:
                 k = known[i]
                 text, conf, cc = k.text, k.confidence, k.char_confidences

@@ -114,11 +114,13 @@ colour = "red"
 mode = "fixed"
 [mqtt]
 port = 99999
+[pipeline]
+min_plate_width = -5
 """)
     with pytest.raises(ConfigError) as e:
         load_config(f, env={})
     text = "\n".join(e.value.problems)
-    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port"):
+    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width"):
         assert key in text
 
 

@@ -137,3 +137,38 @@ def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
         reads[name] = ([r.plate.text for r in pl.reads], pl.counts["cut_by_edge"])
     assert reads["whole"] == ([side["plates"][0]["text"]], 0)
     assert reads["cut"][0] == [] and reads["cut"][1] > 0
+
+
+def test_plates_narrower_than_the_site_minimum_are_not_read(tmp_path):
+    """[pipeline] min_plate_width: a plate narrower than the site's minimum gives no read (counted as
+    too_small), in the service and in still-image recognition; at a minimum below its width it is read."""
+    import json
+
+    import cv2
+
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    side = json.loads(CLIP.with_suffix(".json").read_text())
+    cap = cv2.VideoCapture(str(CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 150)
+    ok, frame = cap.read()
+    assert ok
+    box = next(b for b in side["plates"][0]["boxes"] if b[0] == 150)[1:]
+    width = box[2] - box[0]
+    h, w = frame.shape[:2]
+    path = tmp_path / "still.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+    for _ in range(12):
+        vw.write(frame)
+    vw.release()
+    got = {}
+    for name, minimum in (("below", int(width * 0.6)), ("above", int(width * 1.6))):
+        rec = PlateRecognizer(RecognizerConfig(model_dir=ROOT / "models", min_plate_width=minimum))
+        pl = Pipeline(VideoFileSource(path, pace=False), rec, Outbox(tmp_path / f"{name}.db"),
+                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
+                      keep_reads=True)
+        pl.run(blocking_queue=True)
+        got[name] = ([r.plate.text for r in pl.reads], pl.counts["too_small"], [p.text for p in rec.recognize(frame)])
+    text = side["plates"][0]["text"]
+    assert got["below"] == ([text], 0, [text])
+    assert got["above"][0] == [] and got["above"][1] > 0 and got["above"][2] == []

@@ -43,6 +43,7 @@ class RecognizerConfig:
     min_confidence: float = 0.5
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
     max_length: int = 10
+    min_plate_width: int = 0  # boxes narrower than this (frame pixels) are not read: background vehicles' plates
     verify: bool = True  # also take boxes the detector scored low when the reader reads them confidently (model metadata)
     regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS)
     detector_file: str = DETECTOR_FILE
@@ -80,6 +81,11 @@ class PlateRecognizer:
             return True
         return self._verifying and score >= d.verify_threshold and read.confidence >= d.verify_confidence
 
+    def wide_enough(self, boxes: np.ndarray) -> np.ndarray:
+        """Which boxes (frame pixels) are at least the configured minimum plate width."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return boxes[:, 2] - boxes[:, 0] >= self.config.min_plate_width
+
     def crops(self, frame: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         h, w = frame.shape[:2]
         out = []
@@ -90,6 +96,9 @@ class PlateRecognizer:
 
     def recognize(self, frame_bgr: np.ndarray) -> list[PlateResult]:
         dets = self.detector.detect(frame_bgr, self.detect_threshold)
+        if self.config.min_plate_width:
+            keep = self.wide_enough(dets.boxes)
+            dets = type(dets)(dets.boxes[keep], dets.scores[keep])
         if not len(dets):
             return []
         reads = self.reader.read(self.crops(frame_bgr, dets.boxes))
