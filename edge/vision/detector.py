@@ -31,8 +31,8 @@ def decode_heads(
 
     Channel 0 is the centre heat (0..1), 1-2 are log(width/stride), log(height/stride), 3-4 the
     sub-cell offset of the centre. Peaks are local maxima of the heat (3x3) above `threshold`.
-    Plates on different vehicles do not overlap, so besides IoU a box with more than `cover` of
-    its area inside a higher-scored box is taken for the same plate and dropped.
+    Plates on different vehicles do not overlap, so besides IoU a box whose overlap with a
+    higher-scored box is more than `cover` of the smaller one is taken for the same plate and dropped.
     """
     heat = np.ascontiguousarray(heads[0], dtype=np.float32)
     peak = cv2.dilate(heat, np.ones((3, 3), np.uint8))
