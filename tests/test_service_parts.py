@@ -106,9 +106,8 @@ def test_bench_command(tmp_path):
     assert bad.returncode == 2 and "not found" in bad.stderr
 
 
-def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
-    """Reading a box that the frame's edge cuts gives part of a plate (or of truck lettering): the
-    pipeline does not take its text; the same plate whole in the frame is read."""
+def gate_frame():
+    """Frame 150 of the gate clip, its plate's box there and its text."""
     import json
 
     import cv2
@@ -119,56 +118,53 @@ def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
     ok, frame = cap.read()
     assert ok
     box = next(b for b in side["plates"][0]["boxes"] if b[0] == 150)[1:]
+    return frame, box, side["plates"][0]["text"]
+
+
+def replay_still(img, n: int, recognizer, tmp_path, name: str) -> Pipeline:
+    """The pipeline over a clip of `n` copies of one image (no motion gate)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    path = tmp_path / f"{name}.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+    for _ in range(n):
+        vw.write(img)
+    vw.release()
+    pl = Pipeline(VideoFileSource(path, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
+                  Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
+                  keep_reads=True)
+    pl.run(blocking_queue=True)
+    return pl
+
+
+def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
+    """Reading a box that the frame's edge cuts gives part of a plate (or of truck lettering): the
+    pipeline does not take its text; the same plate whole in the frame is read."""
+    frame, box, text = gate_frame()
     h, w = frame.shape[:2]
     dx = int(w - box[2] + 0.35 * (box[2] - box[0]))  # push a third of the plate out of the frame
     cut = np.full_like(frame, 90)
     cut[:, dx:] = frame[:, : w - dx]
     reads = {}
     for name, img in (("whole", frame), ("cut", cut)):
-        path = tmp_path / f"{name}.avi"
-        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
-        for _ in range(20):
-            vw.write(img)
-        vw.release()
-        pl = Pipeline(VideoFileSource(path, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
-                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
-                      keep_reads=True)
-        pl.run(blocking_queue=True)
+        pl = replay_still(img, 20, recognizer, tmp_path, name)
         reads[name] = ([r.plate.text for r in pl.reads], pl.counts["cut_by_edge"])
-    assert reads["whole"] == ([side["plates"][0]["text"]], 0)
+    assert reads["whole"] == ([text], 0)
     assert reads["cut"][0] == [] and reads["cut"][1] > 0
 
 
 def test_plates_narrower_than_the_site_minimum_are_not_read(tmp_path):
     """[pipeline] min_plate_width: a plate narrower than the site's minimum gives no read (counted as
     too_small), in the service and in still-image recognition; at a minimum below its width it is read."""
-    import json
-
-    import cv2
-
     from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
 
-    side = json.loads(CLIP.with_suffix(".json").read_text())
-    cap = cv2.VideoCapture(str(CLIP))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 150)
-    ok, frame = cap.read()
-    assert ok
-    box = next(b for b in side["plates"][0]["boxes"] if b[0] == 150)[1:]
+    frame, box, text = gate_frame()
     width = box[2] - box[0]
-    h, w = frame.shape[:2]
-    path = tmp_path / "still.avi"
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
-    for _ in range(12):
-        vw.write(frame)
-    vw.release()
     got = {}
     for name, minimum in (("below", int(width * 0.6)), ("above", int(width * 1.6))):
         rec = PlateRecognizer(RecognizerConfig(model_dir=ROOT / "models", min_plate_width=minimum))
-        pl = Pipeline(VideoFileSource(path, pace=False), rec, Outbox(tmp_path / f"{name}.db"),
-                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
-                      keep_reads=True)
-        pl.run(blocking_queue=True)
+        pl = replay_still(frame, 12, rec, tmp_path, name)
         got[name] = ([r.plate.text for r in pl.reads], pl.counts["too_small"], [p.text for p in rec.recognize(frame)])
-    text = side["plates"][0]["text"]
     assert got["below"] == ([text], 0, [text])
     assert got["above"][0] == [] and got["above"][1] > 0 and got["above"][2] == []
