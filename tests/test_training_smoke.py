@@ -156,3 +156,52 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "y"), "--average",
                           str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.5,x"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--alpha" in bad.stderr
+
+
+def test_wide_reader_with_batch_workers_from_a_packed_copy(tmp_path):
+    """The GPU recipe: pack what training reads (fonts, backgrounds, pseudo-labelled crops) into one
+    folder, train a network of other widths with batch-drawing worker processes from that folder
+    alone, export it and read with it."""
+    import os
+
+    import torch
+
+    from edge.vision.reader import PlateReader
+
+    data = voc_folder(tmp_path)
+    rows = []
+    for xml in sorted((data / "ro-dashcam-voc" / "train" / "annots").glob("*.xml")):
+        t = xml.read_text()
+        b = [t.split(f"<{k}>")[1].split("<")[0] for k in ("xmin", "ymin", "xmax", "ymax")]
+        rows.append("\t".join([str(data / "ro-dashcam-voc" / "train" / "images" / (xml.stem + ".jpg")), *b, "AB123",
+                               "0.99", "one", "ro-dashcam-voc"]))
+    (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    packed = tmp_path / "packed"
+    r = py("models.train.pack", "--data", str(data), "--pseudo", str(tmp_path / "p.tsv"), "--out", str(packed),
+           "--backgrounds", "3")
+    assert "6 crops" in r.stdout and len(list((packed / "bg").iterdir())) == 3 and list((packed / "fonts").iterdir())
+    for line in (packed / "pseudo.tsv").read_text().splitlines():
+        f = line.split("\t")
+        assert len(f) == 10 and f[9].endswith(".jpg") and f[5] == "AB123"
+        crop = cv2.imread(f[0])
+        x1, y1, x2, y2 = map(float, f[1:5])
+        assert 0 <= x1 < x2 <= crop.shape[1] and 0 <= y1 < y2 <= crop.shape[0]
+    env = {**os.environ, "PLATE_FONTS": str(packed / "fonts")}
+    out = tmp_path / "wide"
+    cmd = [sys.executable, "-m", "models.train.reader", "--data", str(packed / "bg"), "--pseudo", str(packed / "pseudo.tsv"),
+           "--out", str(out), "--widths", "8,8,16,24", "--workers", "2", "--steps", "3", "--batch", "4", "--val-size", "4",
+           "--light-ckpt"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "real crops train 6 val 0; backgrounds 3" in r.stdout and "2 batch workers" in r.stdout
+    st = torch.load(out / "ckpt.pt", map_location="cpu")
+    assert st["widths"] == [8, 8, 16, 24] and st["step"] == 3 and "opt" not in st
+    py("models.train.reader", "--out", str(out), "--export", str(tmp_path / "w.onnx"))
+    assert len(PlateReader(tmp_path / "w.onnx").read([np.zeros((40, 120, 3), np.uint8)])) == 1
+    for bad, word in ((["--widths", "8,8"], "--widths"), (["--widths", "8,x,8,8"], "--widths"), (["--device", "nope"], "--device")):
+        b = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "bad"), *bad], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert b.returncode != 0 and word in b.stderr.strip().splitlines()[-1]
+    b = subprocess.run([sys.executable, "-m", "models.train.pack", "--pseudo", str(tmp_path / "missing.tsv"), "--out",
+                        str(tmp_path / "p2")], cwd=ROOT, capture_output=True, text=True)
+    assert b.returncode != 0 and "missing.tsv" in b.stderr

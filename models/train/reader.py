@@ -16,8 +16,11 @@ the fine-tune learned; it is scored on both validation sets and exported like an
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import math
+import multiprocessing as mp
 import random
 import time
 from pathlib import Path
@@ -43,6 +46,7 @@ def cbr(cin, cout, k=3, s=1, p=1):
 class PlateReader(nn.Module):
     def __init__(self, n_classes=len(CHARSET) + 1, w=(32, 64, 96, 128)):
         super().__init__()
+        self.widths = tuple(int(x) for x in w)
         self.body = nn.Sequential(
             cbr(3, w[0]),  # 48x160
             nn.MaxPool2d(2),  # 24x80
@@ -87,9 +91,10 @@ class RealCrops:
             if len(f) < 6:
                 continue
             text = f[5]
-            if "us-plates-roboflow" in f[0]:
+            if "us-plates-roboflow" in f[0] or (len(f) > 8 and f[8] == "us-plates-roboflow"):
                 text = text.replace("O", "0")  # a US set: US plates draw O and 0 alike and records write 0
-            by_img.setdefault(f[0], []).append((f[0], *map(float, f[1:5]), text))
+            # column 10, where present (a packed copy, pack.py), names the photo the crop was cut from
+            by_img.setdefault(f[9] if len(f) > 9 else f[0], []).append((f[0], *map(float, f[1:5]), text))
         keys = sorted(by_img)
         rng.shuffle(keys)
         nval = int(len(keys) * val_frac)
@@ -122,11 +127,16 @@ class RealCrops:
 
 
 def backgrounds(root: Path, n=200, seed=0) -> list[np.ndarray]:
-    items = load_box_sets(root)
-    random.Random(seed).shuffle(items)
+    """n real photos (long side 320) to put behind rendered plates: from the box sets under root, or
+    from a folder of images (a copy made by `gpu_pack.py` for a machine without the datasets)."""
+    if root.is_dir() and not any((root / s).exists() for s in ("ro-dashcam-voc", "openimages-plates", "us-plates-roboflow")):
+        paths = sorted(p for p in root.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    else:
+        paths = [it.path for it in load_box_sets(root)]
+    random.Random(seed).shuffle(paths)
     out = []
-    for it in items[:n]:
-        im = cv2.imread(str(it.path))
+    for path in paths[:n]:
+        im = cv2.imread(str(path))
         if im is not None:
             s = 320 / max(im.shape[:2])
             out.append(cv2.resize(im, None, fx=s, fy=s)[..., ::-1].copy())
@@ -152,13 +162,64 @@ def greedy(probs: np.ndarray) -> tuple[str, list[float]]:
 def accuracy(model, samples) -> float:
     model.eval()
     ok = 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(samples), 128):
             chunk = samples[i : i + 128]
-            p = torch.softmax(model(to_tensor([s[0] for s in chunk])), -1).numpy()
+            p = torch.softmax(model(to_tensor([s[0] for s in chunk]).to(dev)), -1).cpu().numpy()
             ok += sum(greedy(p[k])[0] == chunk[k][1] for k in range(len(chunk)))
     model.train()
     return ok / max(1, len(samples))
+
+
+# Training batches are drawn by make_batch, in this process or in worker processes (--workers) that
+# inherit _DATA by fork; a batch depends only on its step number and the seed, so a resumed run and
+# a run with workers draw alike.
+_DATA: dict = {}
+
+
+def make_batch(step: int):
+    a, real, bgs = _DATA["args"], _DATA["real"], _DATA["bgs"]
+    rng = np.random.default_rng([a.seed, step])
+    # curriculum: clean, large plates first; full degradation and the real crops' share ramp up
+    strength = 1.0 if a.finetune else min(1.0, 0.15 + step / a.ramp_steps)
+    real_frac = a.real_frac if a.finetune else a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
+    imgs, texts = [], []
+    for _ in range(a.batch):
+        if real.train and rng.random() < real_frac:
+            im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
+        else:
+            im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
+        imgs.append(im)
+        texts.append(t)
+    return np.stack(imgs), texts
+
+
+def batches(first_step: int, workers: int):
+    """Yield (step, images, texts) from first_step on; with workers, up to 4 batches per worker ahead."""
+    if workers <= 0:
+        step = first_step
+        while True:
+            yield (step, *make_batch(step))
+            step += 1
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        pending = collections.deque()
+        nxt = first_step
+        while True:
+            while len(pending) < 4 * workers:
+                pending.append((nxt, pool.apply_async(make_batch, (nxt,))))
+                nxt += 1
+            step, res = pending.popleft()
+            yield (step, *res.get())
+
+
+def checkpoint(model, opt, step, metrics, spent, start_step, light: bool) -> dict:
+    st = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "widths": list(model.widths),
+          "step": step, "metrics": metrics, "spent": spent, "finetune_from": start_step or None}
+    if not light:
+        st["opt"] = opt.state_dict()
+    return st
 
 
 def export(model, path: Path, meta: dict):
@@ -195,6 +256,10 @@ def main(argv=None):
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="processes drawing training batches (0: in this process)")
+    ap.add_argument("--device", default="cpu", help="torch device for the network (cpu, cuda)")
+    ap.add_argument("--widths", default="32,64,96,128", help="channel widths of the four stages (a new network only)")
+    ap.add_argument("--light-ckpt", action="store_true", help="checkpoints without the optimiser state (smaller)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", type=Path)
     ap.add_argument("--val-size", type=int, default=400, help="synthetic validation samples")
@@ -210,14 +275,24 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     log = Logger(a.out / "train.log")
-    model = PlateReader()
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
-    step, metrics, spent = 0, {}, 0.0
     ck = a.out / "ckpt.pt"
-    if ck.exists():
-        st = torch.load(ck, map_location="cpu")
+    st = torch.load(ck, map_location="cpu") if ck.exists() else None
+    try:
+        widths = st["widths"] if st and "widths" in st else (32, 64, 96, 128) if st else [int(x) for x in a.widths.split(",")]
+    except ValueError:
+        raise SystemExit(f"--widths: expected four integers separated by commas, got {a.widths!r}") from None
+    if len(widths) != 4 or min(widths) < 1:
+        raise SystemExit(f"--widths: expected four positive integers, got {a.widths!r}")
+    model = PlateReader(w=widths)
+    try:
+        dev = torch.device(a.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available here")
+    except (RuntimeError, AssertionError) as e:
+        raise SystemExit(f"--device {a.device}: {e}") from None
+    step, metrics, spent = 0, {}, 0.0
+    if st:
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
         step, metrics, spent = st["step"], st.get("metrics", {}), st.get("spent", 0.0)
         log(f"resumed from step {step}")
     start_step = 0
@@ -255,33 +330,33 @@ def main(argv=None):
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
     val_real = [real.sample(it, None) for it in real.val]
-    rng = np.random.default_rng(a.seed + step)
+    _DATA.update(args=a, real=real, bgs=bgs)
+    feed = batches(step, a.workers)
+    first = next(feed)  # the batch workers fork before the device is touched
+    feed_all = itertools.chain([first], feed)
+    model.to(dev)  # the optimiser is made after the move, so its loaded state lands on the device too
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    if st and "opt" in st:
+        opt.load_state_dict(st["opt"])
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     budget = a.minutes * 60
     t_start = time.time() - spent
     t0 = time.time()
+    log(f"network widths {list(model.widths)}, {sum(p.numel() for p in model.parameters())} parameters, on {dev}; "
+        f"batch {a.batch}, {a.workers} batch workers")
     while step < a.steps and time.time() - t_start < budget:
         progress = min(1.0, max((step - start_step) / max(1, a.steps - start_step), (time.time() - t_start) / budget))
         warm = step - start_step
         lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if warm > 100 else a.lr * (warm + 1) / 100
         for g in opt.param_groups:
             g["lr"] = lr
-        imgs, texts = [], []
-        # curriculum: clean, large plates first; full degradation and the real crops' share ramp up
-        strength = 1.0 if a.finetune else min(1.0, 0.15 + step / a.ramp_steps)
-        real_frac = a.real_frac if a.finetune else a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
-        for _ in range(a.batch):
-            if real.train and rng.random() < real_frac:
-                im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
-            else:
-                im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
-            imgs.append(im)
-            texts.append(t)
-        x = to_tensor(imgs)
+        bstep, imgs, texts = next(feed_all)
+        assert bstep == step
+        x = torch.from_numpy(imgs).to(dev).permute(0, 3, 1, 2).float() / 255.0
         logits = model(x)
-        lp = F.log_softmax(logits, -1).permute(1, 0, 2)  # T, N, C
+        lp = F.log_softmax(logits.float(), -1).permute(1, 0, 2)  # T, N, C
         tg, tl = encode(texts)
-        loss = ctc(lp, tg, torch.full((len(texts),), lp.shape[0], dtype=torch.long), tl)
+        loss = ctc(lp, tg.to(dev), torch.full((len(texts),), lp.shape[0], dtype=torch.long, device=dev), tl.to(dev))
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -295,10 +370,9 @@ def main(argv=None):
             if val_real:
                 metrics["val_pseudo_real_exact"] = round(accuracy(model, val_real), 4)
             log(f"eval {json.dumps(metrics)}")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start,
-                        "finetune_from": start_step or None}, ck)
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "metrics": metrics, "spent": time.time() - t_start,
-                "finetune_from": start_step or None}, ck)
+            torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt), ck)
+    feed.close()
+    torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt), ck)
     log(f"stopped at step {step}")
 
 
@@ -326,7 +400,7 @@ def average(a) -> None:
         for k, v in base["model"].items():
             w = ft["model"][k]
             sd[k] = (v.float() * (1 - alpha) + w.float() * alpha).to(v.dtype) if v.is_floating_point() else w
-        model = PlateReader()
+        model = PlateReader(w=base.get("widths", (32, 64, 96, 128)))
         model.load_state_dict(sd)
         metrics = {"val_synthetic_exact": round(accuracy(model, val_syn), 4), "step": ft["step"],
                    "averaged": f"{1 - alpha:g} x step {base['step']} + {alpha:g} x step {ft['step']}"}
@@ -339,7 +413,10 @@ def average(a) -> None:
     _, alpha, sd, metrics = best
     if len(alphas) > 1:
         log(f"kept alpha {alpha:g} (best mean of the two validation sets)")
-    torch.save({"model": sd, "opt": ft["opt"], "step": ft["step"], "metrics": metrics, "spent": 0.0}, a.out / "ckpt.pt")
+    out = {"model": sd, "widths": list(base.get("widths", (32, 64, 96, 128))), "step": ft["step"], "metrics": metrics, "spent": 0.0}
+    if "opt" in ft:
+        out["opt"] = ft["opt"]
+    torch.save(out, a.out / "ckpt.pt")
 
 
 if __name__ == "__main__":

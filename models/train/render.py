@@ -9,6 +9,7 @@ Used both for the reader's training data and for the fixture videos, so both see
 from __future__ import annotations
 
 import glob
+import os
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,8 +56,9 @@ BR_CITIES = ["SAO PAULO", "RIO DE JANEIRO", "CURITIBA", "BELO HORIZONTE", "PORTO
 @lru_cache(maxsize=1)
 def fonts() -> list[str]:
     out: list[str] = []
+    here = os.environ.get("PLATE_FONTS")  # a folder holding copies of these fonts (a machine without the packages)
     for g in FONT_GLOBS:
-        out.extend(sorted(glob.glob(g)))
+        out.extend(sorted(glob.glob(os.path.join(here, os.path.basename(g)) if here else g)))
     if not out:
         raise RuntimeError("no plate fonts found: install fonts-dejavu-core (apt-get install fonts-dejavu-core)")
     return out

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Retrain both models from scratch (or resume from runs/ checkpoints) and export them to models/.
 # Environment: DATA (default ../shared/datasets), MINUTES per model (default 85), FT_MINUTES,
-# FT3_MINUTES, FT4_MINUTES for the reader's fine-tunes (default 100, 85, 55), THREADS (default 1).
+# FT3_MINUTES, FT4_MINUTES for the small reader's fine-tunes (default 100, 85, 55), THREADS (default 1);
+# DEVICE (cpu or cuda, default cpu) and WORKERS (batch-drawing processes, default 0) for the wide reader
+# that ships (step 4b): on a GPU machine with 16 cores, DEVICE=cuda WORKERS=14.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -55,6 +57,19 @@ reader_round reader_ft runs/reader/ckpt.pt reader_avg 1e-3 "${FT_MINUTES:-100}" 
 reader_round reader_ft3 runs/reader_avg/ckpt.pt reader_avg3 1e-3 "${FT3_MINUTES:-85}" 8000 0.35
 reader_round reader_ft4 runs/reader_avg3/ckpt.pt reader_avg4 5e-4 "${FT4_MINUTES:-55}" 6000 0.35
 
+# 4b. the reader that ships (session 11): a wider network (channels 48-96-144-192, 1.24 M parameters)
+#     from scratch on batches of 128, a fine-tune of it with more real crops (45%), and the weight
+#     average of the two. Step counts are the shipped run's (on an H200 with 14 batch workers: 7.5 +
+#     4 minutes; the renderer on the CPU is the limit); the schedule follows the steps, not the clock.
+WIDE="--data $DATA --pseudo runs/pseudo2.tsv --batch 128 --device ${DEVICE:-cpu} --workers ${WORKERS:-0} --threads $THREADS --minutes 100000"
+$PY -m models.train.reader $WIDE --out runs/reader_wide --widths 48,96,144,192 --lr 2e-3 --steps 3928
+if [ ! -f runs/reader_wide_ft/ckpt.pt ]; then
+  mkdir -p runs/reader_wide_ft && cp runs/reader_wide/ckpt.pt runs/reader_wide_ft/ckpt.pt
+fi
+$PY -m models.train.reader $WIDE --out runs/reader_wide_ft --finetune --lr 1e-3 --real-frac 0.45 --steps 5504
+$PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_wide_avg \
+  --average runs/reader_wide/ckpt.pt runs/reader_wide_ft/ckpt.pt --alpha 0.5,0.7
+
 # 5. the detector's fine-tunes, each a stage starting from the last one's checkpoint (a rerun
 #    resumes a stage): hard negatives (signs, boards, vehicle lettering pasted where no plate is),
 #    more of them, then drawn vehicles carrying rendered plates as extra positives beside them
@@ -67,7 +82,7 @@ $PY -m models.train.detector --data "$DATA" --out runs/detector_syn --init runs/
 
 # 6. export with metadata, quantize, score
 $PY -m models.train.detector --out runs/detector_syn --export models/plate_detector.onnx
-$PY -m models.train.reader --out runs/reader_avg4 --export models/plate_reader.onnx
+$PY -m models.train.reader --out runs/reader_wide_avg --export models/plate_reader.onnx
 $PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 $PY -m models.train.quantize --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 # the int8 pair's own threshold and verify band (the int8 detector scores a little differently)
