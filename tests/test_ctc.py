@@ -72,9 +72,8 @@ def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
 
 
 def test_reader_set_regions_switches_formats_and_glyphs():
-    from tests.conftest import MODELS
-
     from edge.vision.reader import PlateReader
+    from tests.conftest import MODELS
 
     reader = PlateReader(MODELS / "plate_reader.onnx", formats=("LLLDDDD",))
     reader.set_regions(("us",))
@@ -99,9 +98,8 @@ def test_br_formats_mercosur_letters_and_the_bare_bar():
 
 
 def test_glyph_rule_leaves_a_read_that_fits_the_sites_format():
-    from tests.conftest import MODELS
-
     from edge.vision.reader import PlateReader
+    from tests.conftest import MODELS
 
     reader = PlateReader(MODELS / "plate_reader.onnx")
     reader.set_regions(("uk", "us"))  # a site near both: a UK-format read keeps its letter O

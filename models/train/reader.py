@@ -306,7 +306,9 @@ def main(argv=None):
     if a.export:
         meta = {
             "kind": "plate-reader",
-            "version": "1",
+            "version": "2",  # 2: the network's widths are a choice (--widths) and written below
+            "widths": list(model.widths),
+            "parameters": sum(p.numel() for p in model.parameters()),
             "input": "RGB float32 0..1, NCHW, crop resized (stretched) to height x width",
             "height": IN_H,
             "width": IN_W,
