@@ -46,10 +46,11 @@ class _Limited(VideoFileSource):
 
 
 def run_bench(path: Path, threads: int = 1, max_frames: int = 300, repeats: int = 3, motion_gate: bool = False,
-              stream=sys.stdout) -> dict:
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+              stream=sys.stdout, int8: str = "none") -> dict:
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, model_files
 
-    rec = PlateRecognizer(RecognizerConfig(threads=threads))
+    det_file, reader_file = model_files(int8)
+    rec = PlateRecognizer(RecognizerConfig(threads=threads, detector_file=det_file, reader_file=reader_file))
     rec.detector.detect(_first_frame(path))  # warm-up outside the timing
     dec_fps, pipe_fps, cpu = [], [], []
     stage: dict[str, list[float]] = {}
@@ -85,8 +86,10 @@ def run_bench(path: Path, threads: int = 1, max_frames: int = 300, repeats: int 
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "reads": reads,
         "repeats": repeats,
+        "models": [det_file, reader_file],
     }
     print(f"video            {res['video']} ({res['frames']} frames, {threads} inference thread(s), median of {repeats})", file=stream)
+    print(f"models           {det_file} + {reader_file}", file=stream)
     print(f"decode only      {res['decode_fps']:.1f} fps", file=stream)
     print(f"whole pipeline   {res['pipeline_fps']:.1f} fps  ({res['ratio']:.2f}x decode-only)", file=stream)
     for k, v in res["stage_ms"].items():

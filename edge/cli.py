@@ -12,10 +12,11 @@ class UserError(Exception):
 
 
 def _recognizer(args):
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir, model_files
 
+    det_file, reader_file = model_files(args.int8)
     cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
-                           regions=tuple(args.region or ()))
+                           regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file)
     if getattr(args, "min_confidence", None) is not None:
         cfg.min_confidence = args.min_confidence
     return PlateRecognizer(cfg)
@@ -26,9 +27,9 @@ def cmd_eval(args) -> int:
 
     if args.crops:
         from edge.vision.reader import PlateReader
-        from edge.vision.recognizer import READER_FILE, default_model_dir
+        from edge.vision.recognizer import default_model_dir, model_files
 
-        reader = PlateReader(Path(args.models or default_model_dir()) / READER_FILE, threads=args.threads)
+        reader = PlateReader(Path(args.models or default_model_dir()) / model_files(args.int8)[1], threads=args.threads)
         try:
             reader.set_regions(tuple(args.region or ()))
         except ValueError as e:
@@ -144,7 +145,8 @@ def cmd_bench(args) -> int:
         VideoFileSource(args.video, pace=False).close()
     except CaptureError as e:
         raise UserError(str(e)) from None
-    run_bench(Path(args.video), threads=args.threads, max_frames=args.frames, repeats=args.repeats, motion_gate=args.motion_gate)
+    run_bench(Path(args.video), threads=args.threads, max_frames=args.frames, repeats=args.repeats, motion_gate=args.motion_gate,
+              int8=args.int8)
     return 0
 
 
@@ -229,6 +231,9 @@ def cmd_provision(args) -> int:
     return 0
 
 
+INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.recognizer.INT8_CHOICES (not imported: keeps --help light)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge", description="Edge licence-plate reader")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
+    e.add_argument("--int8", choices=INT8_CHOICES, default="none",
+                   help="use the int8-quantized reader, detector or both (the files beside the float32 ones; default: none)")
     e.add_argument("--region", action="append",
                    help="read with a region's plate conventions (br, uk: formats; us: O and 0 are one glyph); repeatable")
     e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
@@ -277,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=300, help="frames per repeat (default 300)")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--motion-gate", action="store_true", help="enable motion gating (off: every frame is inferred)")
+    b.add_argument("--int8", choices=INT8_CHOICES, default="none", help="use the int8-quantized reader, detector or both")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("config", help="configuration tools")

@@ -130,11 +130,13 @@ class Runner:
 
     def run(self) -> int:
         cfg = self.cfg
-        from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir
+        from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir, model_files
         from edge.vision.session import ModelError
 
         try:
+            det_file, reader_file = model_files(cfg.pipeline.int8)
             rec = PlateRecognizer(RecognizerConfig(model_dir=cfg.pipeline.model_dir or default_model_dir(),
+                                                   detector_file=det_file, reader_file=reader_file,
                                                    threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence,
                                                    min_length=cfg.pipeline.min_length, regions=tuple(cfg.pipeline.regions),
                                                    verify=cfg.pipeline.verify,

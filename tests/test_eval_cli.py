@@ -108,6 +108,19 @@ def test_crops_eval_on_committed_crops(tmp_path):
     assert "exact" in r.stdout and len(out.read_text().splitlines()) == 60
 
 
+def test_crops_eval_with_the_int8_reader(tmp_path):
+    r = run_edge("eval", "--crops", str(DATA / "crops"), "--int8", "reader")
+    assert r.returncode == 0, r.stderr
+    assert "exact" in r.stdout
+    bad = run_edge("eval", "--crops", str(DATA / "crops"), "--int8", "fast")
+    assert bad.returncode == 2 and "--int8" in bad.stderr
+    empty = tmp_path / "m"
+    empty.mkdir()
+    shutil.copy(MODELS / "plate_reader.onnx", empty)  # the float32 reader only: the int8 one is missing
+    miss = run_edge("eval", "--crops", str(DATA / "crops"), "--models", str(empty), "--int8", "reader")
+    assert miss.returncode == 2 and "plate_reader.int8.onnx" in miss.stderr
+
+
 def test_crops_eval_without_groundtruth(tmp_path):
     r = run_edge("eval", "--crops", str(tmp_path))
     assert r.returncode == 2 and "groundtruth.csv" in r.stderr

@@ -37,6 +37,32 @@ def test_int8_variants_load_and_agree_on_kind():
         assert cls(f).model.meta["kind"] == kind
 
 
+def test_int8_choices_name_the_files_beside_the_float32_pair():
+    from edge import cli, config
+    from edge.vision.recognizer import INT8_CHOICES, PlateRecognizer, RecognizerConfig, model_files
+
+    assert model_files("none") == ("plate_detector.onnx", "plate_reader.onnx")
+    assert model_files("reader") == ("plate_detector.onnx", "plate_reader.int8.onnx")
+    assert model_files("both") == ("plate_detector.int8.onnx", "plate_reader.int8.onnx")
+    with pytest.raises(ValueError, match="int8"):
+        model_files("fast")
+    assert cli.INT8_CHOICES == INT8_CHOICES
+    assert config.PipelineSection.model_fields["int8"].annotation.__args__ == INT8_CHOICES
+    det, rd = model_files("reader")
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, detector_file=det, reader_file=rd))
+    assert rec.reader.model.meta["version"].endswith("int8") and not rec.detector.model.meta["version"].endswith("int8")
+
+
+def test_int8_reader_reads_the_committed_crops_almost_as_well():
+    """The quantized reader is offered for slow devices: it must keep (nearly) the float32 reading."""
+    crops = load_crops()
+    exact = {}
+    for f in ("plate_reader.onnx", "plate_reader.int8.onnx"):
+        reads = PlateReader(MODELS / f).read([c for c, _ in crops])
+        exact[f] = sum(r.text == t for r, (_, t) in zip(reads, crops)) / len(crops)
+    assert exact["plate_reader.int8.onnx"] >= exact["plate_reader.onnx"] - 0.05, exact
+
+
 def test_both_models_together_under_10_mb():
     assert DET.stat().st_size + READ.stat().st_size < 10 * 1024 * 1024
 

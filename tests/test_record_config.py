@@ -116,11 +116,12 @@ mode = "fixed"
 port = 99999
 [pipeline]
 min_plate_width = -5
+int8 = "all"
 """)
     with pytest.raises(ConfigError) as e:
         load_config(f, env={})
     text = "\n".join(e.value.problems)
-    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width"):
+    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width", "pipeline.int8"):
         assert key in text
 
 

@@ -98,10 +98,12 @@ def test_stop_from_another_thread_ends_a_live_run(recognizer, tmp_path):
 
 
 def test_bench_command(tmp_path):
-    r = run_edge("bench", str(CLIP), "--frames", "60", "--repeats", "1", timeout=300)
+    r = run_edge("bench", str(CLIP), "--frames", "60", "--repeats", "1", "--int8", "reader", timeout=300)
     assert r.returncode == 0, r.stderr
     for key in ("decode only", "whole pipeline", "detect_ms", "peak memory", "cpu"):
         assert key in r.stdout
+    assert "plate_detector.onnx + plate_reader.int8.onnx" in r.stdout
+    assert run_edge("bench", str(CLIP), "--int8", "all").returncode == 2
     bad = run_edge("bench", str(tmp_path / "missing.mp4"))
     assert bad.returncode == 2 and "not found" in bad.stderr
 

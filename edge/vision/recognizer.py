@@ -14,6 +14,18 @@ from edge.vision.reader import PlateReader, formats_for, glyphs_for
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
+INT8_CHOICES = ("none", "reader", "detector", "both")
+
+
+def model_files(int8: str = "none") -> tuple[str, str]:
+    """The (detector, reader) file names for a choice of int8-quantized models: "none" (float32
+    pair), "reader", "detector" or "both". The int8 files sit beside the float32 ones
+    (`plate_reader.int8.onnx`); models/README.md gives what each choice reads and costs."""
+    if int8 not in INT8_CHOICES:
+        raise ValueError(f"int8: expected one of {', '.join(INT8_CHOICES)}, got {int8!r}")
+    det = DETECTOR_FILE.replace(".onnx", ".int8.onnx") if int8 in ("detector", "both") else DETECTOR_FILE
+    rd = READER_FILE.replace(".onnx", ".int8.onnx") if int8 in ("reader", "both") else READER_FILE
+    return det, rd
 
 
 def default_model_dir() -> Path:
