@@ -143,6 +143,63 @@ def backgrounds(root: Path, n=200, seed=0) -> list[np.ndarray]:
     return out
 
 
+def sign_crop_sample(rng: np.random.Generator, out_w: int, out_h: int, background: np.ndarray | None = None,
+                     strength: float = 1.0) -> tuple[np.ndarray, str]:
+    """A negative: part of a road/shop sign or of vehicle lettering (distractors.py) cut as a detector
+    box that fired on it would be, labelled "" (a plate box with no registration in it reads as
+    nothing, so the runtime drops it: text is only read off plates)."""
+    from models.train.distractors import sign
+
+    im = sign(rng, float(rng.uniform(0.8, 2.0)))
+    rgba = np.asarray(im.convert("RGBA"))
+    H, W = rgba.shape[:2]
+    if background is not None and background.shape[0] > 10 and rng.random() < 0.5:
+        bh, bw = background.shape[:2]
+        sx, sy = int(rng.integers(0, max(1, bw - 64))), int(rng.integers(0, max(1, bh - 32)))
+        canvas = cv2.resize(background[sy : sy + max(32, bh // 3), sx : sx + max(64, bw // 3)], (W + 40, H + 40))
+    else:  # a vehicle body or a wall: a plain, mostly light colour
+        canvas = np.full((H + 40, W + 40, 3), rng.integers(90, 256, 3) if rng.random() < 0.8 else rng.integers(0, 256, 3), np.uint8)
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    region = canvas[20 : 20 + H, 20 : 20 + W]
+    canvas[20 : 20 + H, 20 : 20 + W] = (rgba[..., :3] * a + region * (1 - a)).astype(np.uint8)
+    # the detector's box: a plate-shaped window over part or all of the sign
+    bw = W * rng.uniform(0.4, 1.0)
+    bh = min(H * rng.uniform(0.5, 1.1), bw / rng.uniform(1.5, 5.0))
+    x1 = 20 + rng.uniform(-0.1 * bw, max(0.0, W - bw) + 0.1 * bw)
+    y1 = 20 + rng.uniform(-0.15 * bh, max(0.0, H - bh) + 0.15 * bh)
+    x1, y1 = int(max(0, x1)), int(max(0, y1))
+    crop = canvas[y1 : int(min(canvas.shape[0], y1 + bh)) + 1, x1 : int(min(canvas.shape[1], x1 + bw)) + 1]
+    target_w = float(np.exp(rng.uniform(np.log(40), np.log(260))))
+    sc = target_w / max(crop.shape[1], 1)
+    if sc < 1:
+        crop = cv2.resize(crop, (max(8, int(crop.shape[1] * sc)), max(4, int(crop.shape[0] * sc))), interpolation=cv2.INTER_AREA)
+    crop = degrade(crop, rng, strength)
+    return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR), ""
+
+
+def rejected(model, samples, min_len: int = 4, min_conf: float = 0.5) -> float:
+    """Share of samples the runtime would drop (fewer than min_len characters or a confidence under
+    min_conf): for negatives, higher is better."""
+    model.eval()
+    n = 0
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(samples), 128):
+            chunk = samples[i : i + 128]
+            p = torch.softmax(model(to_tensor([s[0] for s in chunk]).to(dev)), -1).cpu().numpy()
+            for k in range(len(chunk)):
+                text, conf = greedy(p[k])
+                g = float(np.exp(np.mean(np.log(np.maximum(conf, 1e-6))))) if conf else 0.0
+                n += len(text) < min_len or g < min_conf
+    model.train()
+    return n / max(1, len(samples))
+
+
+def negatives_for_validation(a, bgs) -> list:
+    nrng = np.random.default_rng(54321)
+    return [sign_crop_sample(nrng, IN_W, IN_H, bgs[int(nrng.integers(len(bgs)))] if bgs else None) for _ in range(a.neg_val)]
+
+
 def encode(texts: list[str]):
     flat = [CHARSET.index(c) + 1 for t in texts for c in t]
     return torch.tensor(flat, dtype=torch.long), torch.tensor([len(t) for t in texts], dtype=torch.long)
@@ -186,7 +243,9 @@ def make_batch(step: int):
     real_frac = a.real_frac if a.finetune else a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
     imgs, texts = [], []
     for _ in range(a.batch):
-        if real.train and rng.random() < real_frac:
+        if a.neg_frac and rng.random() < a.neg_frac:
+            im, t = sign_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
+        elif real.train and rng.random() < real_frac:
             im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
         else:
             im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
@@ -253,6 +312,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-frac", type=float, default=0.35)
+    ap.add_argument("--neg-frac", type=float, default=0.0,
+                    help="share of samples that are signs or vehicle lettering labelled as no text (negatives)")
+    ap.add_argument("--neg-val", type=int, default=200, help="negatives in the validation (share the runtime would drop)")
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
     ap.add_argument("--threads", type=int, default=1)
@@ -268,7 +330,7 @@ def main(argv=None):
                     help="write the weight average of two checkpoints to OUT/ckpt.pt (see --alpha)")
     ap.add_argument("--alpha", default="0.5",
                     help="--average: weight of FINETUNED; a comma list (0.3,0.5,0.7) keeps the one that scores best on the "
-                         "training-side validation (mean of synthetic and held-out real crops)")
+                         "training-side validation (mean of synthetic exact, held-out real crops exact and negatives rejected)")
     a = ap.parse_args(argv)
     if a.average:
         return average(a)
@@ -332,6 +394,7 @@ def main(argv=None):
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
     val_real = [real.sample(it, None) for it in real.val]
+    val_neg = negatives_for_validation(a, bgs)
     _DATA.update(args=a, real=real, bgs=bgs)
     feed = batches(step, a.workers)
     first = next(feed)  # the batch workers fork before the device is touched
@@ -371,6 +434,8 @@ def main(argv=None):
             metrics = {"val_synthetic_exact": round(accuracy(model, val_syn), 4), "step": step}
             if val_real:
                 metrics["val_pseudo_real_exact"] = round(accuracy(model, val_real), 4)
+            if val_neg:
+                metrics["val_negative_rejected"] = round(rejected(model, val_neg), 4)
             log(f"eval {json.dumps(metrics)}")
             torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt), ck)
     feed.close()
@@ -396,6 +461,7 @@ def average(a) -> None:
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
     val_real = [real.sample(it, None) for it in real.val]
+    val_neg = negatives_for_validation(a, bgs)
     best = None
     for alpha in alphas:
         sd = {}
@@ -408,7 +474,10 @@ def average(a) -> None:
                    "averaged": f"{1 - alpha:g} x step {base['step']} + {alpha:g} x step {ft['step']}"}
         if val_real:
             metrics["val_pseudo_real_exact"] = round(accuracy(model, val_real), 4)
-        score = float(np.mean([metrics["val_synthetic_exact"], metrics.get("val_pseudo_real_exact", metrics["val_synthetic_exact"])]))
+        if val_neg:
+            metrics["val_negative_rejected"] = round(rejected(model, val_neg), 4)
+        score = float(np.mean([metrics["val_synthetic_exact"], metrics.get("val_pseudo_real_exact", metrics["val_synthetic_exact"]),
+                               *([metrics["val_negative_rejected"]] if val_neg else [])]))
         log(f"averaged {a.average[0]} and {a.average[1]} (alpha {alpha:g}): {json.dumps(metrics)}")
         if best is None or score > best[0]:
             best = (score, alpha, sd, metrics)
