@@ -130,7 +130,7 @@ class TrackingSection(Section):
     max_gap_s: float = Field(default=1.0, gt=0)
     max_duration_s: float = Field(default=60, gt=0)
     min_frames: int = Field(default=2, ge=1)
-    min_confidence: float = Field(default=0.6, ge=0, le=1)
+    min_confidence: float = Field(default=0.8, ge=0, le=1, description="a pass whose per-character vote is less sure than this is not published")
     repeat_window_s: float = Field(default=10.0, ge=0, description="the same plate again this soon is the same pass (occlusions)")
 
 

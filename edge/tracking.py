@@ -146,7 +146,7 @@ class TrackerConfig:
     max_gap_s: float = 1.0  # a track ends when unseen this long
     max_duration_s: float = 60.0  # a pass is emitted at the latest after this long
     min_frames: int = 2  # fewer reads than this: not a pass (a one-frame misread)
-    min_confidence: float = 0.6  # voted confidence below this: not a pass
+    min_confidence: float = 0.8  # voted confidence below this: not a pass (reads that disagree, or unsure ones)
     towards_ratio: float = 1.12  # plate height grew by this factor: towards the camera
     lateral_frac: float = 0.05  # centre moved this fraction of the frame width: left/right
     keep_after_emit: int = 32  # observations kept for a track that has already been emitted

@@ -116,3 +116,16 @@ def test_a_plate_hidden_for_a_moment_is_one_pass():
         frames[i / 10] = [obs("HIDE123", (100 + 5 * i, 100, 180 + 5 * i, 120), i / 10)]
     passes = run(tr, frames, end=10.0)
     assert [p.text for p in passes] == ["HIDE123"] and tr.repeats == 1
+
+
+def test_a_track_whose_reads_keep_disagreeing_is_not_a_pass_by_default():
+    """Lettering on a sign boxed as a plate reads differently frame to frame; the vote's confidence
+    falls under the default floor (0.8) and nothing is published. A site can lower the floor."""
+    misreads = {i: t for i, t in enumerate(["EXI12CIR", "EXI12C1R", "EXI12CIR", "XI12CIRE", "EXI12C0R", "EXI12CIR", "EXI1ZCIR"] * 2)}
+    seq = approaching("EXI12CIR", 0.0, 14, misreads=misreads)
+    for o in seq:
+        o.confidence = 0.85
+        o.char_confidences = tuple([0.85] * len(o.text))
+    assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
+    loose = run(Tracker(TrackerConfig(min_confidence=0.6)), {o.t: [o] for o in seq}, end=5.0)  # the floor before session 11
+    assert len(loose) == 1 and 0.6 <= loose[0].confidence < 0.8
