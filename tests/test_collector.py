@@ -416,3 +416,20 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
 def test_bench_collector_command(tmp_path):
     r = run_edge("bench-collector", "--db", f"sqlite:///{tmp_path / 'b.db'}", "--n", "200", "--batch", "50")
     assert r.returncode == 0 and "reads/s" in r.stdout
+
+
+def test_a_days_window_is_exactly_that_long_not_a_history_query_by_a_few_ms():
+    """`--days 1` / `days=1` ends the window when asked and pins that end, so the search's own
+    later "now" cannot make it longer than a day (which would need a supervisor's approval)."""
+    from edge.cli import build_parser
+    from edge.collector.api import query_from_params
+    from edge.collector.cli import _query_args
+    from edge.collector.governance import DAY_MS
+
+    q = query_from_params({"plate": "AB123", "days": "1"}, 1_000_000_000_000)
+    assert q.until_ms == 1_000_000_000_000 and q.until_ms - q.since_ms == DAY_MS
+    q = query_from_params({"plate": "AB123", "days": "1", "to": "2026-01-02T00:00:00Z"}, 1)
+    assert q.until_ms - q.since_ms == DAY_MS
+    q = _query_args(build_parser().parse_args(["query", "--token", "t", "--case", "K-1", "--plate", "AB123", "--days", "1"]))
+    time.sleep(0.01)
+    assert q.until_ms - q.since_ms == DAY_MS and q.until_ms <= int(time.time() * 1000)

@@ -45,7 +45,9 @@ def query_from_params(p: dict[str, str], now_ms: int) -> Query:
     if "to" in p:
         q.until_ms = parse_time(p["to"])
     if "days" in p:
-        q.since_ms = (q.until_ms or now_ms) - int(float(p["days"]) * DAY_MS)
+        if q.until_ms is None:
+            q.until_ms = now_ms  # pinned: a window ending at a later "now" would be longer than asked
+        q.since_ms = q.until_ms - int(float(p["days"]) * DAY_MS)
     if "limit" in p:
         q.limit = int(p["limit"])
     return q

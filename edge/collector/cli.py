@@ -106,7 +106,11 @@ def _query_args(args):
         if args.until:
             q.until_ms = parse_time(args.until)
         if args.days is not None:
-            q.since_ms = (q.until_ms or int(time.time() * 1000)) - int(args.days * DAY_MS)
+            # the window ends now unless --to says otherwise, pinned here: ending it at the search's own
+            # "now" a few ms later would make a 1-day window longer than a day (a history query)
+            if q.until_ms is None:
+                q.until_ms = int(time.time() * 1000)
+            q.since_ms = q.until_ms - int(args.days * DAY_MS)
     except ValueError as e:
         raise CollectorUserError(str(e)) from None
     return q
