@@ -180,18 +180,10 @@ def sign_crop_sample(rng: np.random.Generator, out_w: int, out_h: int, backgroun
 def rejected(model, samples, min_len: int = 4, min_conf: float = 0.5) -> float:
     """Share of samples the runtime would drop (fewer than min_len characters or a confidence under
     min_conf): for negatives, higher is better."""
-    model.eval()
     n = 0
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(samples), 128):
-            chunk = samples[i : i + 128]
-            p = torch.softmax(model(to_tensor([s[0] for s in chunk]).to(dev)), -1).cpu().numpy()
-            for k in range(len(chunk)):
-                text, conf = greedy(p[k])
-                g = float(np.exp(np.mean(np.log(np.maximum(conf, 1e-6))))) if conf else 0.0
-                n += len(text) < min_len or g < min_conf
-    model.train()
+    for text, conf in read_all(model, samples):
+        g = float(np.exp(np.mean(np.log(np.maximum(conf, 1e-6))))) if conf else 0.0
+        n += len(text) < min_len or g < min_conf
     return n / max(1, len(samples))
 
 
@@ -216,17 +208,23 @@ def greedy(probs: np.ndarray) -> tuple[str, list[float]]:
     return "".join(out), conf
 
 
-def accuracy(model, samples) -> float:
+def read_all(model, samples) -> list[tuple[str, list[float]]]:
+    """Greedy reads (text, per-character confidences) of (image, text) samples, in batches of 128."""
     model.eval()
-    ok = 0
+    out = []
     dev = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(samples), 128):
             chunk = samples[i : i + 128]
             p = torch.softmax(model(to_tensor([s[0] for s in chunk]).to(dev)), -1).cpu().numpy()
-            ok += sum(greedy(p[k])[0] == chunk[k][1] for k in range(len(chunk)))
+            out.extend(greedy(p[k]) for k in range(len(chunk)))
     model.train()
-    return ok / max(1, len(samples))
+    return out
+
+
+def accuracy(model, samples) -> float:
+    reads = read_all(model, samples)
+    return sum(r[0] == s[1] for r, s in zip(reads, samples)) / max(1, len(samples))
 
 
 # Training batches are drawn by make_batch, in this process or in worker processes (--workers) that
