@@ -11,14 +11,17 @@ class UserError(Exception):
     """A mistake the user can fix: printed as one line, exit status 2."""
 
 
-def _recognizer(args):
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir, model_files
+def _recognizer(args, still: bool = False):
+    """still: images read one at a time (edge eval), whose reads are final (STILL_MIN_CONFIDENCE)."""
+    from edge.vision.recognizer import STILL_MIN_CONFIDENCE, PlateRecognizer, RecognizerConfig, default_model_dir, model_files
 
     det_file, reader_file = model_files(args.int8)
     cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
                            regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file)
     if getattr(args, "min_confidence", None) is not None:
         cfg.min_confidence = args.min_confidence
+    elif still:
+        cfg.min_confidence = STILL_MIN_CONFIDENCE
     return PlateRecognizer(cfg)
 
 
@@ -41,7 +44,7 @@ def cmd_eval(args) -> int:
     if not args.out:
         raise UserError("eval needs --out PRED.jsonl")
     try:
-        rec = _recognizer(args)
+        rec = _recognizer(args, still=True)
     except ValueError as e:
         raise UserError(str(e)) from None
     run_eval(Path(args.dir), Path(args.out), rec, region_from_folder=args.region_from_folder)
@@ -244,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--crops", help="score the reader alone on a folder with groundtruth.csv")
     e.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
-    e.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence")
+    e.add_argument("--min-confidence", type=float, default=None,
+                   help="drop reads below this confidence (default 0.7: a still image's read is final)")
     e.add_argument("--int8", choices=INT8_CHOICES, default="none",
                    help="use the int8-quantized reader, detector or both (the files beside the float32 ones; default: none)")
     e.add_argument("--region", action="append",

@@ -170,7 +170,7 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
 
     truths = load_truth(root)
     reader = recognizer.reader
-    base = (reader.formats, reader.glyphs)
+    base = reader.conventions
     if region_from_folder:
         known = sorted({t.key.split("/")[0] for t in truths} & set(KNOWN_REGIONS))
         if known:
@@ -188,7 +188,7 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
                 if folder in KNOWN_REGIONS:
                     reader.set_regions((folder,))
                 else:
-                    reader.formats, reader.glyphs = base
+                    reader.conventions = base
             if frame is None:
                 print(f"warning: cannot decode {t.image}; counted as not read", file=sys.stderr)
                 rec["error"] = "cannot decode image"
@@ -241,7 +241,7 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
     if not rows or not {"filename", "text"} <= set(rows[0]):
         raise EvalError(f"{gt}: expected a header 'filename,state,text'")
     tally = Tally()
-    base = (reader.formats, reader.glyphs)
+    base = reader.conventions
     if region_from_state and any(region_of_state(r.get("state") or "") for r in rows):
         print("reading crops whose state column names a US state or a known region with that region's conventions "
               "(--no-region-from-folder: off)", file=stream)
@@ -259,7 +259,7 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
                 if region:
                     reader.set_regions((region,))
                 else:
-                    reader.formats, reader.glyphs = base
+                    reader.conventions = base
                 t0 = time.perf_counter()
                 res = reader.read([img])[0]
                 ms = (time.perf_counter() - t0) * 1000

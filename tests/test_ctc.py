@@ -71,15 +71,34 @@ def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
     assert apply_glyphs(r, glyphs_for(("uk",))).text == "BOB7O0"
 
 
+def test_us_digit_bar_rule_writes_a_bar_after_a_digit_as_1():
+    from edge.vision.reader import apply_glyphs, digit_bars_for
+
+    assert digit_bars_for(("us",)) and not digit_bars_for(("uk", "br")) and not digit_bars_for(())
+    for read, want in [("KWV39I", "KWV391"), ("27578I4", "2757814"), ("24704I0", "2470410"),
+                       ("I404MY", "I404MY"),  # a leading I is a letter (vanity plates start with one)
+                       ("4303HI", "4303HI"), ("RFI947", "RFI947"),  # after a letter: a letter
+                       ("0I90T2", "0190T2"), ("12II", "12II"), ("7IA", "7IA")]:  # a bar before a letter stays
+        r = ctc_greedy(probs("-".join(read)), CS)
+        assert r.text == read
+        out = apply_glyphs(r, {}, digit_bars=True)
+        assert out.text == want, read
+        assert out.char_confidences == r.char_confidences and len(out.text) == len(r.text)
+    assert apply_glyphs(ctc_greedy(probs("3-9-I"), CS), {}, digit_bars=False).text == "39I"  # other regions: as read
+
+
 def test_reader_set_regions_switches_formats_and_glyphs():
     from edge.vision.reader import PlateReader
     from tests.conftest import MODELS
 
     reader = PlateReader(MODELS / "plate_reader.onnx", formats=("LLLDDDD",))
     reader.set_regions(("us",))
-    assert reader.formats == () and reader.glyphs == {"O": "0"}
+    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars
+    saved = reader.conventions
     reader.set_regions(("br", "uk"))
-    assert len(reader.formats) == 3 and reader.glyphs == {}
+    assert len(reader.formats) == 3 and reader.glyphs == {} and not reader.digit_bars
+    reader.conventions = saved
+    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars
     with pytest.raises(ValueError):
         reader.set_regions(("mars",))
 

@@ -136,7 +136,8 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     py("models.train.reader", *common, "--out", str(base), "--steps", "2")
     ft.mkdir()
     shutil.copy(base / "ckpt.pt", ft / "ckpt.pt")
-    r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3")
+    r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3", "--us-extras",
+           "--crisp", "0.5")
     assert "fine-tuning from step 2" in r.stdout
     py("models.train.reader", *common, "--out", str(avg), "--average", str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.25")
     a, b, m = (torch.load(p / "ckpt.pt", map_location="cpu") for p in (base, ft, avg))
@@ -205,3 +206,38 @@ def test_wide_reader_with_batch_workers_from_a_packed_copy(tmp_path):
     b = subprocess.run([sys.executable, "-m", "models.train.pack", "--pseudo", str(tmp_path / "missing.tsv"), "--out",
                         str(tmp_path / "p2")], cwd=ROOT, capture_output=True, text=True)
     assert b.returncode != 0 and "missing.tsv" in b.stderr
+
+
+def test_us_extras_and_crisp_samples_keep_the_registration_as_the_label():
+    from models.train.render import plate_crop_sample, render_plate
+
+    for seed in range(12):
+        a = render_plate(np.random.default_rng(seed), "us")
+        b = render_plate(np.random.default_rng(seed), "us")
+        assert a.text == b.text and np.array_equal(a.image, b.image)  # without extras: the same plates as before
+        p = render_plate(np.random.default_rng(seed), "us", extras=True)
+        assert p.text.isalnum() and p.text == p.text.upper() and 2 <= len(p.text) <= 10
+        im, text = plate_crop_sample(np.random.default_rng(seed), 160, 48, None, extras=True, crisp=1.0)
+        assert im.shape == (48, 160, 3) and 2 <= len(text) <= 10
+
+
+def test_self_label_keeps_a_stable_reading_and_drops_a_blank():
+    from edge.vision.reader import PlateReader
+    from models.train.pseudolabel import self_label
+    from models.train.render import render_plate
+
+    reader = PlateReader(ROOT / "models" / "plate_reader.onnx")
+    found = 0
+    for seed in range(4):
+        plate = render_plate(np.random.default_rng(seed), "eu")
+        h, w = plate.image.shape[:2]
+        img = np.full((h * 3, w * 2, 3), 90, np.uint8)
+        img[h : 2 * h, w // 2 : w // 2 + w] = plate.image[..., ::-1]
+        got = self_label(reader, img, (w // 2, h, w // 2 + w, 2 * h), 0.9)
+        assert got is None or (got[0] == plate.text and got[1] >= 0.9)  # stable readings of a clean plate are right
+        found += got is not None
+    assert found >= 2
+    blank = np.full((300, 600, 3), 128, np.uint8)
+    assert self_label(reader, blank, (100, 100, 400, 180), 0.9) is None
+    tiny = cv2.resize(blank, (20, 10))
+    assert self_label(reader, tiny, (30, 30, 40, 40), 0.9) is None  # a box outside the image: no crop, no label

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,12 @@ MERCOSUR_LETTERS = "ABCDEFGHIJ"
 # plates: those are lost). A site in such a region reads that glyph as its recorded character. A read
 # that fits one of the site's plate formats is left as the format settled it.
 REGION_GLYPHS = {"us": {"O": "0"}}
-KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS)))
+# Regions whose serials put no letter I right after a digit: there a bare bar that follows a digit
+# and ends the plate or precedes another digit is the digit 1 (a 1 without its flag reads as I). In
+# the openalpr US crops no registration has such an I, and the reader wrote one for a 1 seven times.
+REGION_DIGIT_BARS = ("us",)
+_DIGIT_BAR = re.compile(r"(?<=[0-9])I(?=[0-9]|$)")
+KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS)))
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
 TO_LETTER = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B", "6": "G", "7": "T", "4": "A"}
@@ -58,11 +64,17 @@ def glyphs_for(regions) -> dict[str, str]:
     return out
 
 
-def apply_glyphs(read: TextRead, glyphs: dict[str, str]) -> TextRead:
-    """Write each character as its region records it (see REGION_GLYPHS); confidences are unchanged."""
-    if not glyphs:
-        return read
-    return TextRead(read.text.translate(str.maketrans(glyphs)), read.confidence, read.char_confidences)
+def digit_bars_for(regions) -> bool:
+    return any(r in REGION_DIGIT_BARS for r in _check_regions(regions))
+
+
+def apply_glyphs(read: TextRead, glyphs: dict[str, str], digit_bars: bool = False) -> TextRead:
+    """Write each character as its region records it (see REGION_GLYPHS, REGION_DIGIT_BARS);
+    confidences are unchanged."""
+    text = read.text.translate(str.maketrans(glyphs)) if glyphs else read.text
+    if digit_bars:
+        text = _DIGIT_BAR.sub("1", text)
+    return read if text == read.text else TextRead(text, read.confidence, read.char_confidences)
 
 
 def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[str, ...] = ()) -> TextRead:
@@ -147,7 +159,8 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats):
 class PlateReader:
     """Load a reader ONNX file; `read(crops)` returns one TextRead per crop (BGR images)."""
 
-    def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = (), glyphs: dict[str, str] | None = None):
+    def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = (), glyphs: dict[str, str] | None = None,
+                 digit_bars: bool = False):
         self.model = OnnxModel(path, threads=threads)
         meta = self.model.meta
         if meta.get("kind") != "plate-reader":
@@ -162,10 +175,20 @@ class PlateReader:
         self.margin_y = float(meta.get("crop_margin_y", 0.06))
         self.formats = tuple(formats)
         self.glyphs = dict(glyphs or {})  # see REGION_GLYPHS
+        self.digit_bars = digit_bars  # see REGION_DIGIT_BARS
 
     def set_regions(self, regions) -> None:
         """Read with the plate formats and glyph conventions of these regions (empty: region-blind)."""
-        self.formats, self.glyphs = formats_for(regions), glyphs_for(regions)
+        self.formats, self.glyphs, self.digit_bars = formats_for(regions), glyphs_for(regions), digit_bars_for(regions)
+
+    @property
+    def conventions(self) -> tuple:
+        """What set_regions set, to put back later."""
+        return self.formats, self.glyphs, self.digit_bars
+
+    @conventions.setter
+    def conventions(self, value) -> None:
+        self.formats, self.glyphs, self.digit_bars = value
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)
@@ -177,8 +200,8 @@ class PlateReader:
         x = np.stack([self.prepare(c) for c in crops_bgr])
         probs = self.model.run(x)[0]
         reads = [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
-        if self.glyphs:
-            reads = [r if self._fits_format(r.text) else apply_glyphs(r, self.glyphs) for r in reads]
+        if self.glyphs or self.digit_bars:
+            reads = [r if self._fits_format(r.text) else apply_glyphs(r, self.glyphs, self.digit_bars) for r in reads]
         return reads
 
     def _fits_format(self, text: str) -> bool:

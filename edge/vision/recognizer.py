@@ -10,11 +10,17 @@ import numpy as np
 
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import expand_box
-from edge.vision.reader import PlateReader, formats_for, glyphs_for
+from edge.vision.reader import PlateReader, digit_bars_for, formats_for, glyphs_for
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
 INT8_CHOICES = ("none", "reader", "detector", "both")
+# The least read confidence worth reporting. A video frame's read is one vote in a track (the tracker
+# publishes a pass only when its vote reaches [tracking] min_confidence), so frames keep reads from
+# 0.5. A still image's read is final: reads under 0.7 were wrong in every labelled set measured
+# (models/README.md), and a wrong registration recorded at a place is worse than none.
+FRAME_MIN_CONFIDENCE = 0.5
+STILL_MIN_CONFIDENCE = 0.7
 
 
 def model_files(int8: str = "none") -> tuple[str, str]:
@@ -52,12 +58,12 @@ class RecognizerConfig:
     model_dir: Path = field(default_factory=default_model_dir)
     threads: int = 1
     detection_threshold: float | None = None  # None: the model's own default
-    min_confidence: float = 0.5
+    min_confidence: float = 0.5  # FRAME_MIN_CONFIDENCE; a still image is read with STILL_MIN_CONFIDENCE (edge eval)
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
     max_length: int = 10
     min_plate_width: int = 0  # boxes narrower than this (frame pixels) are not read: background vehicles' plates
     verify: bool = True  # also take boxes the detector scored low when the reader reads them confidently (model metadata)
-    regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS)
+    regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS, REGION_DIGIT_BARS)
     detector_file: str = DETECTOR_FILE
     reader_file: str = READER_FILE
 
@@ -68,7 +74,7 @@ class PlateRecognizer:
         c = self.config
         self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
         self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions),
-                                  glyphs=glyphs_for(c.regions))
+                                  glyphs=glyphs_for(c.regions), digit_bars=digit_bars_for(c.regions))
 
     @property
     def detect_threshold(self) -> float:

@@ -50,6 +50,35 @@ class PaddleRec:
         return "".join(text), conf
 
 
+# The cuts of one box that self_label reads: the runtime's margins, more room on either side, more
+# room above and below, and a slightly blurred copy. A reading that survives all of them is stable.
+SELF_CUTS = ((0.04, 0.07, 0.04, 0.07, 0.0), (0.16, 0.07, 0.04, 0.07, 0.0), (0.04, 0.07, 0.16, 0.07, 0.0),
+             (0.04, 0.2, 0.04, 0.2, 0.0), (0.04, 0.07, 0.04, 0.07, 0.7))
+
+
+def self_label(reader, img: np.ndarray, box, min_conf: float = 0.9) -> tuple[str, float] | None:
+    """(text, lowest confidence) when `reader` reads the same 2-10 characters, each cut at least
+    `min_conf` sure, in every cut of SELF_CUTS (left, top, right, bottom margins as shares of the
+    box, and a blur in reader-input pixels); else None."""
+    H, W = img.shape[:2]
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    crops = []
+    for ml, mt, mr, mb, blur in SELF_CUTS:
+        c = img[max(0, int(y1 - mt * bh)) : min(H, int(y2 + mb * bh)), max(0, int(x1 - ml * bw)) : min(W, int(x2 + mr * bw))]
+        if c.size == 0:
+            return None
+        if blur:
+            c = cv2.GaussianBlur(c, (0, 0), blur * max(1.0, c.shape[1] / reader.w))
+        crops.append(c)
+    reads = reader.read(crops)
+    texts = {r.text for r in reads}
+    if len(texts) != 1 or not (2 <= len(reads[0].text) <= 10):
+        return None
+    low = min(r.confidence for r in reads)
+    return (reads[0].text, low) if low >= min_conf else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets"))
@@ -59,13 +88,18 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--agree", type=Path, help="also keep less confident crops when this reader model reads the same text")
     ap.add_argument("--agree-min-conf", type=float, default=0.5)
+    ap.add_argument("--self-reader", type=Path,
+                    help="self-training: also keep crops PP-OCR does not read when this reader reads them alike, and "
+                         "confidently, in every one of a few cuts of the same box (see self_label)")
+    ap.add_argument("--self-min-conf", type=float, default=0.9)
     a = ap.parse_args(argv)
     rec = PaddleRec(a.rec)
-    ours = None
-    if a.agree:
+    ours = selfr = None
+    if a.agree or a.self_reader:
         from edge.vision.reader import PlateReader
 
-        ours = PlateReader(a.agree)
+        ours = PlateReader(a.agree) if a.agree else None
+        selfr = PlateReader(a.self_reader) if a.self_reader else None
     items = load_box_sets(a.data)
     if a.limit:
         items = items[: a.limit]
@@ -86,6 +120,8 @@ def main(argv=None):
                 c = img[max(0, int(y1 - my)) : min(H, int(y2 + my)), max(0, int(x1 - mx)) : min(W, int(x2 + mx))]
                 if c.size == 0:
                     continue
+                if selfr is not None:
+                    mine = self_label(selfr, img, (x1, y1, x2, y2), a.self_min_conf)
                 lines = "one"
                 text, conf = rec.read(c)
                 if bw / bh < 2.2:
@@ -95,6 +131,11 @@ def main(argv=None):
                     t2, c2 = rec.read(c[ch // 2 - ch // 10 :])
                     if len(t1) >= 2 and len(t2) >= 2 and min(c1 + c2) > min(conf or [0]):
                         text, conf, lines = t1 + t2, c1 + c2, "two"
+                paddle_ok = 2 <= len(text) <= 10 and conf and float(np.mean(conf)) >= a.min_conf and min(conf) >= 0.5
+                if selfr is not None and mine is not None and not paddle_ok:
+                    kept += 1
+                    f.write(f"{it.path}\t{x1:.1f}\t{y1:.1f}\t{x2:.1f}\t{y2:.1f}\t{mine[0]}\t{mine[1]:.3f}\tself\t{it.source}\n")
+                    continue
                 if not (2 <= len(text) <= 10) or not conf:
                     continue
                 if float(np.mean(conf)) < a.min_conf or min(conf) < 0.5:

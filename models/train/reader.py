@@ -246,7 +246,8 @@ def make_batch(step: int):
         elif real.train and rng.random() < real_frac:
             im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
         else:
-            im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
+            im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength,
+                                      extras=a.us_extras, crisp=a.crisp)
         imgs.append(im)
         texts.append(t)
     return np.stack(imgs), texts
@@ -313,6 +314,9 @@ def main(argv=None):
     ap.add_argument("--neg-frac", type=float, default=0.0,
                     help="share of samples that are signs or vehicle lettering labelled as no text (negatives)")
     ap.add_argument("--neg-val", type=int, default=200, help="negatives in the validation (share the runtime would drop)")
+    ap.add_argument("--us-extras", action="store_true",
+                    help="US plates carry stacked type letters, pictograms and emblems that are not the registration")
+    ap.add_argument("--crisp", type=float, default=0.0, help="share of synthetic plates seen large and sharp")
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
     ap.add_argument("--threads", type=int, default=1)

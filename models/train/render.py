@@ -134,8 +134,10 @@ def _plate_format(rng, style: str) -> tuple[str, list[str]]:
     return disp, []
 
 
-def render_plate(rng: np.random.Generator, style: str | None = None, text: str | None = None) -> Plate:
-    """Draw one plate. `text` (spaces allowed) overrides the random registration."""
+def render_plate(rng: np.random.Generator, style: str | None = None, text: str | None = None, extras: bool = False) -> Plate:
+    """Draw one plate. `text` (spaces allowed) overrides the random registration. `extras` adds the
+    US plates' graphics that are not part of the registration (see _us_extras); without it the
+    random stream, and so every plate drawn from a seed, is as before."""
     if style is None:
         style = _pick(rng, ["us", "us", "us", "eu", "eu", "uk", "br", "mercosur", "two"])
     disp, lines = _plate_format(rng, style)
@@ -198,6 +200,10 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
         col = tuple(int(c) for c in rng.integers(60, 200, 3))
         for bx, by in ((0.2 * W, 0.1 * H), (0.8 * W, 0.1 * H), (0.2 * W, 0.9 * H), (0.8 * W, 0.9 * H))[: int(rng.choice([2, 4]))]:
             d.ellipse([bx - r, by - r, bx + r, by + r], fill=col, outline=(40, 40, 40))
+    emblem_gap = False
+    if extras and style == "us":
+        img, x0, x1, emblem_gap = _us_extras(img, rng, W, H, x0, x1, ink)
+        d = ImageDraw.Draw(img)
     if style in ("eu", "uk") and (style == "eu" or rng.random() < 0.7):
         sw = int(W * 0.085)
         d.rectangle([3, 3, sw, H - 4], fill=(0, 51, 153))
@@ -243,10 +249,10 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
         n = max(1, len(disp))
         width = min(x1 - x0, cap_h * n * rng.uniform(0.42, 0.62 if style != "us" else 0.75))
         parts = disp.replace("-", " ").split(" ", 1)
-        if style == "eu" and len(parts) == 2 and rng.random() < 0.35:
+        if len(parts) == 2 and (emblem_gap or (style == "eu" and rng.random() < 0.35)):
             # a coat of arms or round inspection seals between the district code and the rest
             # (Germany, Austria, Slovakia, Croatia): not a character
-            gap = cap_h * rng.uniform(0.45, 0.7)
+            gap = cap_h * (rng.uniform(0.45, 0.7) if style == "eu" else rng.uniform(0.25, 0.7))
             left, right = parts[0], parts[1].replace(" ", "")
             unit = (width - gap) / max(1, len(left) + len(right))
             lx = (x0 + x1) / 2 - width / 2
@@ -258,7 +264,13 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
                     ex0, ex1 = lx + pw + gap * 0.12, lx + pw + gap * 0.88
                     lx += pw + gap
             col = tuple(int(c) for c in rng.integers(0, 255, 3))
-            if rng.random() < 0.5:  # two stacked round seals
+            if style == "us":  # a state emblem or a dot between the groups
+                r_ = (ex1 - ex0) / 2 * rng.uniform(0.4, 1.3)
+                if rng.random() < 0.4:
+                    d.ellipse([(ex0 + ex1) / 2 - r_ / 2, cy - r_ / 2, (ex0 + ex1) / 2 + r_ / 2, cy + r_ / 2], fill=col)
+                else:
+                    _silhouette(d, rng, (ex0 + ex1) / 2, cy, r_, col)
+            elif rng.random() < 0.5:  # two stacked round seals
                 r_ = (ex1 - ex0) / 2
                 for sy in (cy - r_ * 1.05, cy + r_ * 1.05):
                     d.ellipse([ex0, sy - r_, ex1, sy + r_], fill=col, outline=(40, 40, 40))
@@ -307,6 +319,69 @@ def render_plate(rng: np.random.Generator, style: str | None = None, text: str |
 
 
 # ------------------------------------------------------------------ camera degradations
+
+
+def _silhouette(d: ImageDraw.ImageDraw, rng, cx: float, cy: float, r: float, fill) -> None:
+    """A pictogram or emblem that is not a character: a star/sun, a tree, a blob, an arch."""
+    kind = int(rng.integers(4))
+    if kind == 0:  # sun with rays (New Mexico's Zia), or a star
+        n = int(rng.integers(4, 9))
+        pts = []
+        for k in range(2 * n):
+            a = np.pi * k / n
+            rr = r if k % 2 == 0 else r * rng.uniform(0.3, 0.6)
+            pts.append((cx + rr * np.cos(a), cy + rr * np.sin(a)))
+        d.polygon(pts, fill=fill)
+        if rng.random() < 0.5:
+            d.ellipse([cx - r * 0.3, cy - r * 0.3, cx + r * 0.3, cy + r * 0.3], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    elif kind == 1:  # a tree / mountain
+        for k in range(int(rng.integers(1, 4))):
+            ty = cy - r + k * r * 0.5
+            d.polygon([(cx, ty), (cx + r * 0.5 * (k + 1) / 2, ty + r * 0.8), (cx - r * 0.5 * (k + 1) / 2, ty + r * 0.8)], fill=fill)
+        d.rectangle([cx - r * 0.08, cy + r * 0.5, cx + r * 0.08, cy + r], fill=fill)
+    elif kind == 2:  # an irregular blob (a horse and rider, a cactus, a bird)
+        n = int(rng.integers(6, 12))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = r * rng.uniform(0.35, 1.0, n)
+        d.polygon([(cx + a_ * np.cos(b_), cy + a_ * np.sin(b_)) for a_, b_ in zip(rad, ang)], fill=fill)
+    else:  # an arch / wheelchair-like ring with a stroke
+        w_ = max(2, int(r * rng.uniform(0.15, 0.3)))
+        d.arc([cx - r, cy - r, cx + r, cy + r], int(rng.integers(0, 90)), int(rng.integers(200, 360)), fill=fill, width=w_)
+        if rng.random() < 0.5:
+            d.ellipse([cx - r * 0.2, cy - r * 1.1, cx + r * 0.2, cy - r * 0.7], fill=fill)
+
+
+def _us_extras(img: Image.Image, rng, W: int, H: int, x0: float, x1: float, ink):
+    """What real US plates carry beside the registration and that records leave out: a pair of
+    large stacked letters (plate type: "RT", "VF", "HC"), a pictogram (wheelchair, a college or
+    team logo), a silhouette behind the text (a bucking horse, an arch, mountains) and an emblem in
+    the gap between the two groups (New Mexico's Zia, a tree). Returns (image, x0, x1, emblem_gap)."""
+    d = ImageDraw.Draw(img)
+    dark = lambda: tuple(int(c) for c in rng.integers(0, 140, 3))  # noqa: E731
+    if rng.random() < 0.3:  # silhouette behind the registration
+        _silhouette(d, rng, rng.uniform(0.1, 0.9) * W, rng.uniform(0.35, 0.7) * H, rng.uniform(0.2, 0.4) * H,
+                    tuple(int(c) for c in rng.integers(60, 230, 3)))
+    r = rng.random()
+    if r < 0.3:  # large stacked letters, left or right of the registration
+        left = rng.random() < 0.6
+        cw = W * rng.uniform(0.05, 0.08)
+        ch = H * rng.uniform(0.2, 0.3)
+        sx = (x0 + W * 0.01) if left else (x1 - cw - W * 0.01)
+        col = _pick(rng, [ink, (170, 20, 20), (20, 40, 140)])
+        top = H * rng.uniform(0.2, 0.3)
+        for k, c in enumerate(_chars(rng, _pick(rng, ["LL", "LL", "DL", "LLL"]))):
+            ci = text_image(c, _pick(rng, fonts()), col, int(cw), int(ch))
+            img.paste(ci, (int(sx), int(top + k * ch * 1.05)), ci)
+        x0, x1 = (sx + cw + 0.02 * W, x1) if left else (x0, sx - 0.02 * W)
+    elif r < 0.55:  # a pictogram or logo at one side
+        left = rng.random() < 0.7
+        pw = W * rng.uniform(0.12, 0.22)
+        cx = x0 + pw / 2 if left else x1 - pw / 2
+        if rng.random() < 0.5:
+            d.rectangle([cx - pw / 2, H * 0.28, cx + pw / 2, H * 0.75], fill=_pick(rng, [(20, 60, 160), (250, 250, 250), (20, 20, 20)]))
+        _silhouette(d, rng, cx, H * 0.5, pw * 0.4, dark())
+        x0, x1 = (x0 + pw + 0.02 * W, x1) if left else (x0, x1 - pw - 0.02 * W)
+    return img, x0, x1, rng.random() < 0.3
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
@@ -359,11 +434,13 @@ def perspective_corners(w: int, h: int, rng: np.random.Generator, amount: float 
 
 def plate_crop_sample(
     rng: np.random.Generator, out_w: int, out_h: int, background: np.ndarray | None = None, plate: Plate | None = None,
-    strength: float = 1.0,
+    strength: float = 1.0, extras: bool = False, crisp: float = 0.0,
 ) -> tuple[np.ndarray, str]:
-    """One reader training sample: a plate warped onto a background, cut as a detector would, resized."""
+    """One reader training sample: a plate warped onto a background, cut as a detector would, resized.
+    `extras`: see render_plate. `crisp`: the share of samples seen large and sharp (a near camera,
+    a cropped photo), which the default mix of small, degraded plates leaves rare."""
     if plate is None:
-        plate = render_plate(rng)
+        plate = render_plate(rng, extras=extras)
     p = plate.image
     h, w = p.shape[:2]
     dst = perspective_corners(w, h, rng, amount=rng.uniform(0.0, 0.14) * strength)
@@ -392,7 +469,11 @@ def plate_crop_sample(
     x2, y2 = int(min(cw, bx2 + j[2] + 0.03 * pw)), int(min(ch, by2 + j[3] + 0.06 * ph))
     crop = canvas[y1:y2, x1:x2]
     # resolution: small plates are seen with few pixels
-    target_w = float(np.exp(rng.uniform(np.log(40 + (1 - strength) * 80), np.log(260))))
+    sharp = bool(crisp) and rng.random() < crisp
+    if sharp:
+        target_w, strength = float(rng.uniform(170, 420)), strength * 0.3
+    else:
+        target_w = float(np.exp(rng.uniform(np.log(40 + (1 - strength) * 80), np.log(260))))
     s = target_w / max(crop.shape[1], 1)
     if s < 1:
         crop = cv2.resize(crop, (max(8, int(crop.shape[1] * s)), max(4, int(crop.shape[0] * s))), interpolation=cv2.INTER_AREA)
