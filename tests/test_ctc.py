@@ -122,4 +122,4 @@ def test_glyph_rule_leaves_a_read_that_fits_the_sites_format():
 
     reader = PlateReader(MODELS / "plate_reader.onnx")
     reader.set_regions(("uk", "us"))  # a site near both: a UK-format read keeps its letter O
-    assert reader._fits_format("LO12ABC") and not reader._fits_format("LO12AB")
+    assert reader.fits_format("LO12ABC") and not reader.fits_format("LO12AB")

@@ -180,3 +180,27 @@ def test_recognize_takes_an_under_scored_plate_only_through_the_verify_rule(reco
         assert not any(matches(p.box, t.box) for p in recognizer.recognize(frame))
     finally:
         d.threshold, d.verify_threshold, d.verify_confidence = saved
+
+
+def test_a_read_that_fits_no_format_is_read_again_from_shifted_cuts():
+    """A box that cuts a Brazilian plate's first character reads 6 characters: no br format fits,
+    so the recognizer reads the box moved left and right, and keeps the cut whose reading fits."""
+    render = pytest.importorskip("models.train.render", reason="renderer needs the [train] extra (Pillow)")
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("br",)))
+    misfits = fixed = 0
+    for seed in range(8):
+        p = render.render_plate(np.random.default_rng(seed), "br")
+        h, w = p.image.shape[:2]
+        frame = np.full((h * 4, w * 3, 3), 100, np.uint8)
+        frame[h : 2 * h, w : 2 * w] = p.image[..., ::-1]
+        box = np.array([[w + 0.18 * w, h, 2 * w, 2 * h]], np.float32)  # the left 18% of the plate cut off
+        first = rec.reader.read(rec.crops(frame, box))[0]
+        again = rec.reread_misfits(frame, box, [first])[0]
+        if rec.reader.fits_format(first.text):
+            assert again is first  # a read that fits is left alone
+        else:
+            misfits += 1
+            fixed += again.text == p.text
+    assert misfits >= 1 and fixed == misfits

@@ -201,8 +201,9 @@ class PlateReader:
         probs = self.model.run(x)[0]
         reads = [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
         if self.glyphs or self.digit_bars:
-            reads = [r if self._fits_format(r.text) else apply_glyphs(r, self.glyphs, self.digit_bars) for r in reads]
+            reads = [r if self.fits_format(r.text) else apply_glyphs(r, self.glyphs, self.digit_bars) for r in reads]
         return reads
 
-    def _fits_format(self, text: str) -> bool:
+    def fits_format(self, text: str) -> bool:
+        """Whether text fits one of the site's plate formats (False when it names none)."""
         return any(len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f)) for f in self.formats)
