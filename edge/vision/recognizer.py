@@ -15,11 +15,11 @@ from edge.vision.reader import PlateReader, digit_bars_for, formats_for, glyphs_
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
 INT8_CHOICES = ("none", "reader", "detector", "both")
+REREAD_SHIFT = 0.12  # share of a box's width its misfit re-reads move it left and right (reread_misfits)
 # The least read confidence worth reporting. A video frame's read is one vote in a track (the tracker
 # publishes a pass only when its vote reaches [tracking] min_confidence), so frames keep reads from
 # 0.5. A still image's read is final: reads under 0.7 were wrong in every labelled set measured
 # (models/README.md), and a wrong registration recorded at a place is worse than none.
-REREAD_SHIFT = 0.12
 FRAME_MIN_CONFIDENCE = 0.5
 STILL_MIN_CONFIDENCE = 0.7
 
@@ -59,7 +59,7 @@ class RecognizerConfig:
     model_dir: Path = field(default_factory=default_model_dir)
     threads: int = 1
     detection_threshold: float | None = None  # None: the model's own default
-    min_confidence: float = 0.5  # FRAME_MIN_CONFIDENCE; a still image is read with STILL_MIN_CONFIDENCE (edge eval)
+    min_confidence: float = FRAME_MIN_CONFIDENCE  # a still image is read with STILL_MIN_CONFIDENCE (edge eval)
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
     max_length: int = 10
     min_plate_width: int = 0  # boxes narrower than this (frame pixels) are not read: background vehicles' plates
