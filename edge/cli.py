@@ -19,6 +19,8 @@ def _recognizer(args, still: bool = False):
     cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
                            regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file)
     if getattr(args, "min_confidence", None) is not None:
+        if not 0.0 <= args.min_confidence <= 1.0:
+            raise UserError(f"--min-confidence: expected a number from 0 to 1, got {args.min_confidence:g}")
         cfg.min_confidence = args.min_confidence
     elif still:
         cfg.min_confidence = STILL_MIN_CONFIDENCE

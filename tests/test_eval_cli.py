@@ -49,6 +49,10 @@ def test_eval_reads_still_images_with_the_still_confidence_floor(scene_run):
     ns.min_confidence = 0.55
     assert _recognizer(ns, still=True).config.min_confidence == 0.55  # --min-confidence wins
     _, out = scene_run
+    for bad in ("2", "-0.1"):
+        r = run_edge("eval", str(DATA / "scenes"), "--out", str(out.parent / "bad.jsonl"), "--min-confidence", bad)
+        assert r.returncode == 2 and "--min-confidence: expected a number from 0 to 1" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (out.parent / "bad.jsonl").exists()
     confs = [p["confidence"] for line in out.read_text().splitlines() for p in json.loads(line)["plates"]]
     assert confs and min(confs) >= STILL_MIN_CONFIDENCE
 
