@@ -120,8 +120,6 @@ def main(argv=None):
                 c = img[max(0, int(y1 - my)) : min(H, int(y2 + my)), max(0, int(x1 - mx)) : min(W, int(x2 + mx))]
                 if c.size == 0:
                     continue
-                if selfr is not None:
-                    mine = self_label(selfr, img, (x1, y1, x2, y2), a.self_min_conf)
                 lines = "one"
                 text, conf = rec.read(c)
                 if bw / bh < 2.2:
@@ -132,7 +130,8 @@ def main(argv=None):
                     if len(t1) >= 2 and len(t2) >= 2 and min(c1 + c2) > min(conf or [0]):
                         text, conf, lines = t1 + t2, c1 + c2, "two"
                 paddle_ok = 2 <= len(text) <= 10 and conf and float(np.mean(conf)) >= a.min_conf and min(conf) >= 0.5
-                if selfr is not None and mine is not None and not paddle_ok:
+                mine = self_label(selfr, img, (x1, y1, x2, y2), a.self_min_conf) if selfr is not None and not paddle_ok else None
+                if mine is not None:
                     kept += 1
                     f.write(f"{it.path}\t{x1:.1f}\t{y1:.1f}\t{x2:.1f}\t{y2:.1f}\t{mine[0]}\t{mine[1]:.3f}\tself\t{it.source}\n")
                     continue
