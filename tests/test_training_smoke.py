@@ -137,7 +137,7 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     ft.mkdir()
     shutil.copy(base / "ckpt.pt", ft / "ckpt.pt")
     r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3", "--us-extras",
-           "--crisp", "0.5")
+           "--crisp", "0.5", "--us-o-zero", "merge")
     assert "fine-tuning from step 2" in r.stdout
     py("models.train.reader", *common, "--out", str(avg), "--average", str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.25")
     a, b, m = (torch.load(p / "ckpt.pt", map_location="cpu") for p in (base, ft, avg))
@@ -241,3 +241,30 @@ def test_self_label_keeps_a_stable_reading_and_drops_a_blank():
     assert self_label(reader, blank, (100, 100, 400, 180), 0.9) is None
     tiny = cv2.resize(blank, (20, 10))
     assert self_label(reader, tiny, (30, 30, 40, 40), 0.9) is None  # a box outside the image: no crop, no label
+
+
+def test_us_o_zero_merge_emits_label_0_as_o_or_0_for_us_samples_only():
+    import torch
+
+    from models.train.reader import CHARSET, o_zero_merged
+
+    torch.manual_seed(0)
+    lp = torch.log_softmax(torch.randn(5, 3, len(CHARSET) + 1), -1)
+    out = o_zero_merged(lp, [True, False, True])
+    i0, io = CHARSET.index("0") + 1, CHARSET.index("O") + 1
+    for n in (0, 2):  # US samples: the 0 column carries p(O) + p(0)
+        assert torch.allclose(out[:, n, i0].exp(), lp[:, n, i0].exp() + lp[:, n, io].exp(), atol=1e-6)
+        assert torch.equal(out[:, n, io], lp[:, n, io])
+    assert torch.equal(out[:, 1], lp[:, 1])  # other samples unchanged
+    assert o_zero_merged(lp, [False, False, False]) is lp
+    # the CTC loss of a US label with a 0 no longer cares whether the glyph was read O or 0
+    ctc = torch.nn.CTCLoss(blank=0)
+    def loss(col):
+        x = torch.full((3, 1, len(CHARSET) + 1), -20.0)
+        x[0, 0, col] = 0.0
+        x[1, 0, 0] = 0.0
+        x[2, 0, col] = 0.0
+        x = torch.log_softmax(x, -1)
+        tg = torch.tensor([i0, i0])
+        return float(ctc(o_zero_merged(x, [True]), tg, torch.tensor([3]), torch.tensor([2])))
+    assert abs(loss(io) - loss(i0)) < 1e-4 and loss(i0) < 1e-3

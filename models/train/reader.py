@@ -91,10 +91,11 @@ class RealCrops:
             if len(f) < 6:
                 continue
             text = f[5]
-            if "us-plates-roboflow" in f[0] or (len(f) > 8 and f[8] == "us-plates-roboflow"):
+            us = "us-plates-roboflow" in f[0] or (len(f) > 8 and f[8] == "us-plates-roboflow")
+            if us:
                 text = text.replace("O", "0")  # a US set: US plates draw O and 0 alike and records write 0
             # column 10, where present (a packed copy, pack.py), names the photo the crop was cut from
-            by_img.setdefault(f[9] if len(f) > 9 else f[0], []).append((f[0], *map(float, f[1:5]), text))
+            by_img.setdefault(f[9] if len(f) > 9 else f[0], []).append((f[0], *map(float, f[1:5]), text, us))
         keys = sorted(by_img)
         rng.shuffle(keys)
         nval = int(len(keys) * val_frac)
@@ -109,7 +110,7 @@ class RealCrops:
         return im
 
     def sample(self, item, rng: np.random.Generator | None, strength: float = 1.0):
-        path, x1, y1, x2, y2, text = item
+        path, x1, y1, x2, y2, text, _ = item
         im = self.image(path)
         H, W = im.shape[:2]
         bw, bh = x2 - x1, y2 - y1
@@ -223,8 +224,24 @@ def read_all(model, samples) -> list[tuple[str, list[float]]]:
 
 
 def accuracy(model, samples) -> float:
+    """Exact reads of (image, text) or (image, text, us) samples; a US sample's O is scored as 0 (the
+    runtime writes the US glyph for O and 0 as 0: edge.vision.reader.REGION_GLYPHS)."""
     reads = read_all(model, samples)
-    return sum(r[0] == s[1] for r, s in zip(reads, samples)) / max(1, len(samples))
+    return sum((r[0].replace("O", "0") if len(s) > 2 and s[2] else r[0]) == s[1] for r, s in zip(reads, samples)) / max(1, len(samples))
+
+
+def o_zero_merged(lp: torch.Tensor, us: list[bool]) -> torch.Tensor:
+    """CTC log-probabilities (T, N, C) in which, for the US samples, the label 0 is emitted with the
+    probability of O plus that of 0: US plates draw the two with one glyph and their labels write 0,
+    so the loss leaves the split between O and 0 to the other regions' plates (where a format or the
+    glyph tells them apart) instead of teaching that an O-shaped glyph is 0."""
+    if not any(us):
+        return lp
+    i0, io = CHARSET.index("0") + 1, CHARSET.index("O") + 1
+    m = torch.tensor(us, dtype=torch.bool, device=lp.device)
+    out = lp.clone()
+    out[:, m, i0] = torch.logaddexp(lp[:, m, i0], lp[:, m, io])
+    return out
 
 
 # Training batches are drawn by make_batch, in this process or in worker processes (--workers) that
@@ -239,18 +256,22 @@ def make_batch(step: int):
     # curriculum: clean, large plates first; full degradation and the real crops' share ramp up
     strength = 1.0 if a.finetune else min(1.0, 0.15 + step / a.ramp_steps)
     real_frac = a.real_frac if a.finetune else a.real_frac * min(1.0, 0.3 + step / a.ramp_steps)
-    imgs, texts = [], []
+    imgs, texts, us = [], [], []
     for _ in range(a.batch):
+        real_us = False
         if a.neg_frac and rng.random() < a.neg_frac:
             im, t = sign_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
         elif real.train and rng.random() < real_frac:
-            im, t = real.sample(real.train[int(rng.integers(len(real.train)))], rng, strength)
+            item = real.train[int(rng.integers(len(real.train)))]
+            im, t = real.sample(item, rng, strength)
+            real_us = item[6]
         else:
             im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength,
                                       extras=a.us_extras, crisp=a.crisp)
         imgs.append(im)
         texts.append(t)
-    return np.stack(imgs), texts
+        us.append(real_us)
+    return np.stack(imgs), texts, us
 
 
 def batches(first_step: int, workers: int):
@@ -316,6 +337,9 @@ def main(argv=None):
     ap.add_argument("--neg-val", type=int, default=200, help="negatives in the validation (share the runtime would drop)")
     ap.add_argument("--us-extras", action="store_true",
                     help="US plates carry stacked type letters, pictograms and emblems that are not the registration")
+    ap.add_argument("--us-o-zero", choices=("label", "merge"), default="label",
+                    help="real US crops (labels write the one O/0 glyph as 0): 'label' trains the glyph as 0; 'merge' lets "
+                         "the label 0 be emitted as O or 0 (see o_zero_merged), so other regions' letter O is not unlearned")
     ap.add_argument("--crisp", type=float, default=0.0, help="share of synthetic plates seen large and sharp")
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
@@ -395,7 +419,7 @@ def main(argv=None):
     log(f"real crops train {len(real.train)} val {len(real.val)}; backgrounds {len(bgs)}")
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
-    val_real = [real.sample(it, None) for it in real.val]
+    val_real = [(*real.sample(it, None), it[6]) for it in real.val]
     val_neg = negatives_for_validation(a, bgs)
     _DATA.update(args=a, real=real, bgs=bgs)
     feed = batches(step, a.workers)
@@ -417,11 +441,13 @@ def main(argv=None):
         lr = a.lr * 0.5 * (1 + math.cos(math.pi * progress)) if warm > 100 else a.lr * (warm + 1) / 100
         for g in opt.param_groups:
             g["lr"] = lr
-        bstep, imgs, texts = next(feed_all)
+        bstep, imgs, texts, us = next(feed_all)
         assert bstep == step
         x = torch.from_numpy(imgs).to(dev).permute(0, 3, 1, 2).float() / 255.0
         logits = model(x)
         lp = F.log_softmax(logits.float(), -1).permute(1, 0, 2)  # T, N, C
+        if a.us_o_zero == "merge":
+            lp = o_zero_merged(lp, us)
         tg, tl = encode(texts)
         loss = ctc(lp, tg.to(dev), torch.full((len(texts),), lp.shape[0], dtype=torch.long, device=dev), tl.to(dev))
         opt.zero_grad()
@@ -462,7 +488,7 @@ def average(a) -> None:
     real = RealCrops(a.pseudo)
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
-    val_real = [real.sample(it, None) for it in real.val]
+    val_real = [(*real.sample(it, None), it[6]) for it in real.val]
     val_neg = negatives_for_validation(a, bgs)
     best = None
     for alpha in alphas:
