@@ -96,9 +96,9 @@ def test_reader_set_regions_switches_formats_and_glyphs():
     assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars
     saved = reader.conventions
     reader.set_regions(("br", "uk"))
-    assert len(reader.formats) == 3 and reader.glyphs == {} and not reader.digit_bars
+    assert len(reader.formats) == 3 and reader.glyphs == {} and not reader.digit_bars and reader.max_chars == 7
     reader.conventions = saved
-    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars
+    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars and reader.max_chars == 8
     with pytest.raises(ValueError):
         reader.set_regions(("mars",))
 

@@ -142,6 +142,25 @@ def test_verify_rule_takes_low_scored_boxes_only_when_read_confidently():
     assert rec.detect_threshold == 0.3 and not rec.accepts(0.25, sure)
 
 
+def test_region_max_chars_drops_reads_longer_than_the_region_issues():
+    from edge.vision.reader import TextRead, max_chars_for
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    assert max_chars_for(()) is None and max_chars_for(("us",)) == 8 and max_chars_for(("br",)) == 7
+    assert max_chars_for(("br", "us")) == 8
+    nine, eight, seven = (TextRead(t, 0.97, (0.97,) * len(t)) for t in ("RE60YS1MP", "ABC12345", "ABC1234"))
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("us",)))
+    assert rec.reader.max_chars == 8
+    assert rec.accepts(0.9, eight) and not rec.accepts(0.9, nine)
+    rec.reader.set_regions(("br",))
+    assert rec.accepts(0.9, seven) and not rec.accepts(0.9, eight)
+    saved = rec.reader.conventions
+    rec.reader.set_regions(())
+    assert rec.accepts(0.9, nine)  # no region named: up to RecognizerConfig.max_length (10)
+    rec.reader.conventions = saved
+    assert not rec.accepts(0.9, eight)
+
+
 def test_calibration_system_score_counts_the_verify_rule():
     pytest.importorskip("torch", reason="models.train needs the [train] extra")
     from models.train.calibrate import system_score

@@ -37,7 +37,12 @@ REGION_GLYPHS = {"us": {"O": "0"}}
 # the openalpr US crops no registration has such an I, and the reader wrote one for a 1 seven times.
 REGION_DIGIT_BARS = ("us",)
 _DIGIT_BAR = re.compile(r"(?<=[0-9])I(?=[0-9]|$)")
-KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS)))
+# The most characters a region's registrations have (OpenALPR's postprocess_max_characters per
+# country): no US state issues more than 8, Brazil's plates have 7 and the UK's current ones 7. A
+# longer read in such a region is a sign, a dealer frame or a misread, not a registration. A site
+# that names several regions allows the longest of theirs; a site that names none allows 10.
+REGION_MAX_CHARS = {"us": 8, "br": 7, "uk": 7}
+KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS) | set(REGION_MAX_CHARS)))
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
 TO_LETTER = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B", "6": "G", "7": "T", "4": "A"}
@@ -62,6 +67,14 @@ def glyphs_for(regions) -> dict[str, str]:
     for r in _check_regions(regions):
         out.update(REGION_GLYPHS.get(r, {}))
     return out
+
+
+def max_chars_for(regions) -> int | None:
+    """The longest registration the named regions issue (None: no limit known)."""
+    regions = _check_regions(regions)
+    if not regions or any(r not in REGION_MAX_CHARS for r in regions):
+        return None
+    return max(REGION_MAX_CHARS[r] for r in regions)
 
 
 def digit_bars_for(regions) -> bool:
@@ -160,7 +173,7 @@ class PlateReader:
     """Load a reader ONNX file; `read(crops)` returns one TextRead per crop (BGR images)."""
 
     def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = (), glyphs: dict[str, str] | None = None,
-                 digit_bars: bool = False):
+                 digit_bars: bool = False, max_chars: int | None = None):
         self.model = OnnxModel(path, threads=threads)
         meta = self.model.meta
         if meta.get("kind") != "plate-reader":
@@ -176,19 +189,21 @@ class PlateReader:
         self.formats = tuple(formats)
         self.glyphs = dict(glyphs or {})  # see REGION_GLYPHS
         self.digit_bars = digit_bars  # see REGION_DIGIT_BARS
+        self.max_chars = max_chars  # see REGION_MAX_CHARS; None: no region limit
 
     def set_regions(self, regions) -> None:
         """Read with the plate formats and glyph conventions of these regions (empty: region-blind)."""
         self.formats, self.glyphs, self.digit_bars = formats_for(regions), glyphs_for(regions), digit_bars_for(regions)
+        self.max_chars = max_chars_for(regions)
 
     @property
     def conventions(self) -> tuple:
         """What set_regions set, to put back later."""
-        return self.formats, self.glyphs, self.digit_bars
+        return self.formats, self.glyphs, self.digit_bars, self.max_chars
 
     @conventions.setter
     def conventions(self, value) -> None:
-        self.formats, self.glyphs, self.digit_bars = value
+        self.formats, self.glyphs, self.digit_bars, self.max_chars = value
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import expand_box
-from edge.vision.reader import PlateReader, digit_bars_for, formats_for, glyphs_for
+from edge.vision.reader import PlateReader, digit_bars_for, formats_for, glyphs_for, max_chars_for
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
@@ -76,7 +76,8 @@ class PlateRecognizer:
         c = self.config
         self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
         self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions),
-                                  glyphs=glyphs_for(c.regions), digit_bars=digit_bars_for(c.regions))
+                                  glyphs=glyphs_for(c.regions), digit_bars=digit_bars_for(c.regions),
+                                  max_chars=max_chars_for(c.regions))
 
     @property
     def detect_threshold(self) -> float:
@@ -92,10 +93,12 @@ class PlateRecognizer:
 
     def accepts(self, score: float, read) -> bool:
         """Whether a box with this detector score and this read is a plate worth reporting: a
-        plausible length and confident enough; a box the detector scored below its threshold
-        (but above the verify threshold) must be read with the model's verify confidence."""
+        plausible length (at most the site's regions issue: reader.REGION_MAX_CHARS) and confident
+        enough; a box the detector scored below its threshold (but above the verify threshold) must
+        be read with the model's verify confidence."""
         c, d = self.config, self.detector
-        if not (c.min_length <= len(read.text) <= c.max_length) or read.confidence < c.min_confidence:
+        longest = min(c.max_length, self.reader.max_chars or c.max_length)
+        if not (c.min_length <= len(read.text) <= longest) or read.confidence < c.min_confidence:
             return False
         if score >= d.threshold:
             return True
