@@ -131,6 +131,8 @@ class TrackingSection(Section):
     max_duration_s: float = Field(default=60, gt=0)
     min_frames: int = Field(default=2, ge=1)
     min_confidence: float = Field(default=0.8, ge=0, le=1, description="a pass whose per-character vote is less sure than this is not published")
+    min_length_share: float = Field(default=0.6, ge=0, le=1, description="the track's reads of the voted length must carry this share "
+                                    "of its read confidence: a sign's lettering reads a different length from frame to frame")
     repeat_window_s: float = Field(default=10.0, ge=0, description="the same plate again this soon is the same pass (occlusions)")
 
 

@@ -205,6 +205,7 @@ class Runner:
             ),
             tracker=Tracker(TrackerConfig(max_gap_s=cfg.tracking.max_gap_s, max_duration_s=cfg.tracking.max_duration_s,
                                           min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence,
+                                          min_length_share=cfg.tracking.min_length_share,
                                           repeat_window_s=cfg.tracking.repeat_window_s)),
             on_read=self._print,
             notify=pub.notify if pub else None,

@@ -141,12 +141,23 @@ def vote(obs: list[Observation]) -> tuple[str, float, tuple[float, ...], list[Ca
     return text, round(conf, 4), tuple(round(c, 4) for c in confs), cands
 
 
+def length_share(obs: list[Observation], n: int) -> float:
+    """The share of a track's read confidence carried by its reads of n characters."""
+    total = sum(o.confidence for o in obs)
+    return sum(o.confidence for o in obs if len(o.text) == n) / total if total > 0 else 0.0
+
+
 @dataclass
 class TrackerConfig:
     max_gap_s: float = 1.0  # a track ends when unseen this long
     max_duration_s: float = 60.0  # a pass is emitted at the latest after this long
     min_frames: int = 2  # fewer reads than this: not a pass (a one-frame misread)
     min_confidence: float = 0.8  # voted confidence below this: not a pass (reads that disagree, or unsure ones)
+    # the reads of the voted length must carry at least this share of the track's read confidence: a
+    # plate is read at one length in most frames; a sign's lettering or a plate too small to read
+    # comes out a different length from frame to frame (the vote alone looks only at the reads of
+    # the most supported length)
+    min_length_share: float = 0.6
     towards_ratio: float = 1.12  # plate height grew by this factor: towards the camera
     lateral_frac: float = 0.05  # centre moved this fraction of the frame width: left/right
     keep_after_emit: int = 32  # observations kept for a track that has already been emitted
@@ -223,7 +234,7 @@ class Tracker:
         if len(tr.obs) < self.c.min_frames:
             return None
         text, conf, cc, cands = vote(tr.obs)
-        if conf < self.c.min_confidence or len(text) < 2:
+        if conf < self.c.min_confidence or len(text) < 2 or length_share(tr.obs, len(text)) < self.c.min_length_share:
             return None
         t0 = tr.obs[0].t
         self.recent = [(x, t) for x, t in self.recent if t0 - t <= self.c.repeat_window_s]

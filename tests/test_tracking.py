@@ -129,3 +129,24 @@ def test_a_track_whose_reads_keep_disagreeing_is_not_a_pass_by_default():
     assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
     loose = run(Tracker(TrackerConfig(min_confidence=0.6)), {o.t: [o] for o in seq}, end=5.0)  # the floor before session 11
     assert len(loose) == 1 and 0.6 <= loose[0].confidence < 0.8
+
+
+def test_a_track_read_at_changing_lengths_is_not_a_pass():
+    """Reads of the voted length must carry most of the track's read confidence: the sign of
+    fixture 08 read at 7, 8, 9 and 10 characters, its 8-character reads agreeing (vote 0.86) but
+    carrying only 42% of the track; the fixture plates' passes carry 87-100%."""
+    from edge.tracking import length_share
+
+    texts = ["EXI12CR", "EXI12CIR", "XI12CIR", "EXI12CEIR", "EXI12CIR", "EXI12CE1IR", "EXI12CIR", "EXI12CR"] * 2
+    seq = approaching("EXI12CIR", 0.0, len(texts), misreads=dict(enumerate(texts)))
+    for o in seq:
+        o.confidence = 0.9
+        o.char_confidences = tuple([0.9] * len(o.text))
+    assert abs(length_share(seq, 8) - 6 / 16) < 1e-9
+    assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
+    loose = run(Tracker(TrackerConfig(min_length_share=0.3)), {o.t: [o] for o in seq}, end=5.0)
+    assert [p.text for p in loose] == ["EXI12CIR"] and loose[0].confidence >= 0.8  # the vote alone passes it
+    # a plate misread at another length in a few of its frames (far away, say) is still a pass
+    plate = approaching("AB123CD", 0.0, 12, misreads={0: "AB12CD", 1: "B123CD", 5: "AB1230CD"})
+    assert [p.text for p in run(Tracker(), {o.t: [o] for o in plate}, end=5.0)] == ["AB123CD"]
+    assert length_share([], 7) == 0.0
