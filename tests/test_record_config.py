@@ -96,10 +96,11 @@ def test_config_loads_and_env_overrides(tmp_path):
     f = tmp_path / "d.toml"
     f.write_text(GOOD.format(state=tmp_path))
     cfg = load_config(f, env={"EDGE_MQTT__PORT": "8883", "EDGE_CAMERA__SITE": "north gate", "OTHER": "x",
-                              "EDGE_MQTT__PROTOCOL": "5", "EDGE_DEVICE__ID": "1234", "EDGE_PIPELINE__MOTION_GATE": "false"})
+                              "EDGE_MQTT__PROTOCOL": "5", "EDGE_DEVICE__ID": "1234", "EDGE_PIPELINE__MOTION_GATE": "false",
+                              "EDGE_TRACKING__MIN_LENGTH_SHARE": "0.5"})
     assert cfg.mqtt.port == 8883 and cfg.camera.site == "north gate" and cfg.gps.lat == 47.07
     assert cfg.mqtt.protocol == "5" and cfg.device.id == "1234" and cfg.pipeline.motion_gate is False
-    assert cfg.outbox_path == tmp_path / "outbox.db"
+    assert cfg.outbox_path == tmp_path / "outbox.db" and cfg.tracking.min_length_share == 0.5
 
 
 def test_config_reports_every_problem_with_its_key(tmp_path):
@@ -117,11 +118,14 @@ port = 99999
 [pipeline]
 min_plate_width = -5
 int8 = "all"
+[tracking]
+min_length_share = 1.5
 """)
     with pytest.raises(ConfigError) as e:
         load_config(f, env={})
     text = "\n".join(e.value.problems)
-    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width", "pipeline.int8"):
+    for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width", "pipeline.int8",
+                "tracking.min_length_share"):
         assert key in text
 
 
