@@ -10,7 +10,7 @@ import numpy as np
 
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import expand_box
-from edge.vision.reader import PlateReader, digit_bars_for, formats_for, glyphs_for, max_chars_for
+from edge.vision.reader import PlateReader
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
@@ -75,9 +75,8 @@ class PlateRecognizer:
         self.config = config or RecognizerConfig()
         c = self.config
         self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
-        self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads, formats=formats_for(c.regions),
-                                  glyphs=glyphs_for(c.regions), digit_bars=digit_bars_for(c.regions),
-                                  max_chars=max_chars_for(c.regions))
+        self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads)
+        self.reader.set_regions(c.regions)
 
     @property
     def detect_threshold(self) -> float:
