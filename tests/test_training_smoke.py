@@ -137,7 +137,7 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     ft.mkdir()
     shutil.copy(base / "ckpt.pt", ft / "ckpt.pt")
     r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3", "--us-extras",
-           "--crisp", "0.5", "--us-o-zero", "merge")
+           "--crisp", "0.5", "--us-o-zero", "merge", "--loose", "0.5")
     assert "fine-tuning from step 2" in r.stdout
     py("models.train.reader", *common, "--out", str(avg), "--average", str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.25")
     a, b, m = (torch.load(p / "ckpt.pt", map_location="cpu") for p in (base, ft, avg))
@@ -218,6 +218,23 @@ def test_us_extras_and_crisp_samples_keep_the_registration_as_the_label():
         p = render_plate(np.random.default_rng(seed), "us", extras=True)
         assert p.text.isalnum() and p.text == p.text.upper() and 2 <= len(p.text) <= 10
         im, text = plate_crop_sample(np.random.default_rng(seed), 160, 48, None, extras=True, crisp=1.0)
+        assert im.shape == (48, 160, 3) and 2 <= len(text) <= 10
+
+
+def test_loose_edges_reach_past_the_usual_jitter_only_when_asked():
+    from models.train.render import LOOSE_MAX, loose_edges, plate_crop_sample
+
+    # loose=0 draws exactly what the tight jitter drew before the option existed (same random stream)
+    assert np.array_equal(loose_edges(np.random.default_rng(5), 0.0, -0.09, 0.12), np.random.default_rng(5).uniform(-0.09, 0.12, 4))
+    tight = np.concatenate([loose_edges(np.random.default_rng(s), 0.0, -0.09, 0.12) for s in range(200)])
+    assert tight.min() >= -0.09 and tight.max() < 0.12
+    far = np.concatenate([loose_edges(np.random.default_rng(s), 1.0, -0.09, 0.12) for s in range(200)])
+    assert far.min() >= 0.12 and far.max() < LOOSE_MAX
+    mixed = np.concatenate([loose_edges(np.random.default_rng(s), 0.25, -0.09, 0.12) for s in range(400)])
+    assert 0.18 < (mixed >= 0.12).mean() < 0.32
+    # every edge cut loose: still a reader-sized sample labelled with its registration
+    for seed in range(6):
+        im, text = plate_crop_sample(np.random.default_rng(seed), 160, 48, None, loose=1.0)
         assert im.shape == (48, 160, 3) and 2 <= len(text) <= 10
 
 

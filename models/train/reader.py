@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from models.train.boxdata import load_box_sets
 from models.train.common import Logger, git_commit, save_onnx_with_meta
-from models.train.render import degrade, plate_crop_sample
+from models.train.render import degrade, loose_edges, plate_crop_sample
 
 CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 IN_H, IN_W = 48, 160
@@ -109,7 +109,7 @@ class RealCrops:
             self.cache[path] = im
         return im
 
-    def sample(self, item, rng: np.random.Generator | None, strength: float = 1.0):
+    def sample(self, item, rng: np.random.Generator | None, strength: float = 1.0, loose: float = 0.0):
         path, x1, y1, x2, y2, text, _ = item
         im = self.image(path)
         H, W = im.shape[:2]
@@ -117,7 +117,8 @@ class RealCrops:
         if rng is None:
             j = np.array([0.03, 0.06, 0.03, 0.06]) * [bw, bh, bw, bh]
         else:
-            j = rng.uniform(-0.08, 0.14, 4) * [bw, bh, bw, bh]  # a real detector's boxes are often 10-20% short
+            # a real detector's boxes are often 10-20% short, and (loose) sometimes far too long
+            j = loose_edges(rng, loose, -0.08, 0.14) * [bw, bh, bw, bh]
         c = im[max(0, int(y1 - j[1])) : min(H, int(y2 + j[3])), max(0, int(x1 - j[0])) : min(W, int(x2 + j[2]))]
         if rng is not None:
             if rng.random() < 0.3:
@@ -263,11 +264,11 @@ def make_batch(step: int):
             im, t = sign_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength)
         elif real.train and rng.random() < real_frac:
             item = real.train[int(rng.integers(len(real.train)))]
-            im, t = real.sample(item, rng, strength)
+            im, t = real.sample(item, rng, strength, loose=a.loose)
             real_us = item[6]
         else:
             im, t = plate_crop_sample(rng, IN_W, IN_H, bgs[int(rng.integers(len(bgs)))] if bgs else None, strength=strength,
-                                      extras=a.us_extras, crisp=a.crisp)
+                                      extras=a.us_extras, crisp=a.crisp, loose=a.loose)
         imgs.append(im)
         texts.append(t)
         us.append(real_us)
@@ -341,6 +342,8 @@ def main(argv=None):
                     help="real US crops (labels write the one O/0 glyph as 0): 'label' trains the glyph as 0; 'merge' lets "
                          "the label 0 be emitted as O or 0 (see o_zero_merged), so other regions' letter O is not unlearned")
     ap.add_argument("--crisp", type=float, default=0.0, help="share of synthetic plates seen large and sharp")
+    ap.add_argument("--loose", type=float, default=0.0,
+                    help="share of crop edges (synthetic and real) cut loose, up to 35%% outside the plate (see render.loose_edges)")
     ap.add_argument("--ramp-steps", type=int, default=2000, help="curriculum: steps until full augmentation")
     ap.add_argument("--finetune", action="store_true", help="continue from the checkpoint with a fresh schedule (--lr, --minutes)")
     ap.add_argument("--threads", type=int, default=1)
