@@ -114,3 +114,87 @@ class Subscriber:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+class Mqtt311OnlyProxy:
+    """A loopback proxy in front of a real broker that behaves like a broker which knows only MQTT
+    3.1.1: a CONNECT asking for MQTT 5 gets the 3.1.1 refusal (CONNACK return code 1, "unacceptable
+    protocol version") and is closed; any other connection is passed through to the broker."""
+
+    def __init__(self, broker_port: int):
+        self.broker_port = broker_port
+        self.refused_v5 = 0
+        self.passed = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def _read(conn: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = conn.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            head = self._read(conn, 1)
+            length, mult, raw = 0, 1, b""
+            while True:  # the remaining length, a variable-length integer
+                b = self._read(conn, 1)
+                raw += b
+                length += (b[0] & 0x7F) * mult
+                mult *= 128
+                if not b[0] & 0x80:
+                    break
+            body = self._read(conn, length)
+            name_len = int.from_bytes(body[:2], "big")
+            level = body[2 + name_len]
+            if head[0] >> 4 == 1 and level == 5:
+                self.refused_v5 += 1
+                conn.sendall(b"\x20\x02\x00\x01")
+                conn.close()
+                return
+            self.passed += 1
+            up = socket.create_connection(("127.0.0.1", self.broker_port))
+            up.sendall(head + raw + body)
+        except (OSError, ConnectionError, IndexError):
+            conn.close()
+            return
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()

@@ -11,7 +11,7 @@ import pytest
 from edge.mqtt import MqttSettings, Publisher
 from edge.outbox import Outbox, OutboxError
 
-from .broker import Broker, Subscriber, free_port
+from .broker import Broker, Mqtt311OnlyProxy, Subscriber, free_port
 
 
 def test_outbox_keeps_order_and_deduplicates(tmp_path):
@@ -82,6 +82,45 @@ def test_publisher_delivers_and_deletes_only_after_ack(tmp_path, broker):
     finally:
         pub.stop()
         sub.close()
+
+
+def test_publisher_falls_back_to_mqtt_311_when_the_broker_refuses_5(tmp_path, broker):
+    proxy = Mqtt311OnlyProxy(broker.port)
+    sub = Subscriber(broker.port, "lpr/v1/dev5/reads", client_id="v311-sub")
+    ob = Outbox(tmp_path / "o.db")
+    for i in range(5):
+        ob.put(f"r{i}", "lpr/v1/dev5/reads", json.dumps({"read_id": f"r{i}"}).encode())
+    pub = Publisher(MqttSettings(port=proxy.port), "dev5", ob)  # protocol "auto": 5 first
+    pub.start()
+    try:
+        assert pub.wait_connected(20)
+        assert pub.stats.protocol == "3.1.1" and proxy.refused_v5 >= 1 and proxy.passed >= 1
+        assert pub.flush(15)
+        assert sub.wait_for(lambda m: {json.loads(p)["read_id"] for _, p, _ in m} == {f"r{i}" for i in range(5)})
+        assert ob.counters()["delivered"] == 5
+    finally:
+        pub.stop()
+        sub.close()
+        proxy.close()
+
+
+def test_publisher_told_to_speak_mqtt_5_keeps_reads_when_the_broker_refuses(tmp_path, broker):
+    proxy = Mqtt311OnlyProxy(broker.port)
+    ob = Outbox(tmp_path / "o.db")
+    ob.put("kept", "lpr/v1/dev6/reads", b'{"read_id":"kept"}')
+    pub = Publisher(MqttSettings(port=proxy.port, protocol="5"), "dev6", ob)  # no fallback asked for
+    pub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while proxy.refused_v5 < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        assert proxy.refused_v5 >= 1 and proxy.passed == 0
+        assert not pub.stats.connected and "protocol" in pub.stats.last_error.lower()
+        assert ob.backlog() == 1  # nothing accepted is lost
+    finally:
+        pub.stop()
+        proxy.close()
 
 
 def test_publisher_rides_out_a_broker_outage(tmp_path):
