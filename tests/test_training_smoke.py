@@ -154,6 +154,10 @@ def test_reader_finetune_and_weight_average_smoke(tmp_path):
     assert "kept alpha" in r.stdout
     kept = torch.load(tmp_path / "avg2" / "ckpt.pt", map_location="cpu")
     assert any(torch.equal(kept["model"][k], c["model"][k]) for c in (a, b))  # one of the two ends, as scored
+    for opt in ("--loose", "--crisp", "--real-frac"):
+        bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "z"), opt, "1.5"], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert bad.returncode != 0 and opt in bad.stderr and "0..1" in bad.stderr and not (tmp_path / "z").exists()
     bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "y"), "--average",
                           str(base / "ckpt.pt"), str(ft / "ckpt.pt"), "--alpha", "0.5,x"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "--alpha" in bad.stderr

@@ -361,6 +361,9 @@ def main(argv=None):
                     help="--average: weight of FINETUNED; a comma list (0.3,0.5,0.7) keeps the one that scores best on the "
                          "training-side validation (mean of synthetic and held-out real crops)")
     a = ap.parse_args(argv)
+    for name in ("real_frac", "neg_frac", "crisp", "loose"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')}: a share, expected 0..1, got {getattr(a, name)}")
     if a.average:
         return average(a)
     torch.set_num_threads(a.threads)
