@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--int8", choices=INT8_CHOICES, default="none",
                    help="use the int8-quantized reader, detector or both (the files beside the float32 ones; default: none)")
     e.add_argument("--region", action="append",
-                   help="read with a region's plate conventions (br, uk: formats; us: O and 0 are one glyph); repeatable")
+                   help="read with a region's plate conventions (br, uk: formats; eu: European national formats; us: O and 0 are one glyph); repeatable")
     e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
-                   help="read each sub-folder named after a known region (br, uk, us), and with --crops each crop whose "
+                   help="read each sub-folder named after a known region (br, eu, uk, us), and with --crops each crop whose "
                         "state column names a US state (or a known region), with that region's conventions, as OpenALPR is run with -c per "
                         "country (default: on; --no-region-from-folder reads region-blind)")
     e.set_defaults(func=cmd_eval)

@@ -114,7 +114,7 @@ class PipelineSection(Section):
     motion_threshold: float = Field(default=0.004, ge=0, le=1, description="fraction of changed pixels that counts as motion")
     idle_detect_every_s: float = Field(default=1.0, gt=0, description="with no motion, still look this often")
     min_confidence: float = Field(default=0.5, ge=0, le=1, description="per-frame reads less sure than this do not vote in a track (a pass then needs [tracking] min_confidence); edge eval, reading still images, drops reads under 0.7")
-    regions: list[Literal["br", "uk", "us"]] = Field(default_factory=list, description="the site's region(s): br/uk plate formats settle letter/digit look-alikes; us writes the O/0 glyph as 0 and a bar after a digit as 1")
+    regions: list[Literal["br", "eu", "uk", "us"]] = Field(default_factory=list, description="the site's region(s): br/uk plate formats, and eu's national formats, settle letter/digit look-alikes; us writes the O/0 glyph as 0 and a bar after a digit as 1")
     verify: bool = Field(default=True, description="also take boxes the detector scored just under its threshold when the reader reads them confidently (the detector's calibrated verify rule)")
     min_length: int = Field(default=4, ge=2, le=10, description="shorter reads are dropped (signs, stickers); plates of 2-3 characters need 2 or 3")
     min_plate_width: int = Field(default=0, ge=0, le=4000, description="plates narrower than this many frame pixels are not read (vehicles far in the background); 0: all")

@@ -164,7 +164,7 @@ def peak_rss_mb() -> float:
 
 
 def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, region_from_folder: bool = False) -> dict:
-    """`region_from_folder`: a sub-folder named after a known region (br, uk, us) reads with its plate
+    """`region_from_folder`: a sub-folder named after a known region (br, eu, uk, us) reads with its plate
     formats and glyph conventions, as OpenALPR is run with -c per country."""
     from edge.vision.reader import KNOWN_REGIONS
 

@@ -35,6 +35,7 @@ from edge.record import Candidate as RecCandidate
 from edge.tracking import Observation, Pass, Tracker, TrackerConfig, iou
 from edge.vision.detector import Detections
 from edge.vision.geometry import nms
+from edge.vision.reader import REGION_FORMATS, slot_ok
 
 log = logging.getLogger("edge.service")
 
@@ -81,10 +82,17 @@ REGION_PATTERNS = [
 ]
 
 
-def region_guess(text: str) -> str | None:
-    """Only formats that identify their region; None where a text could be from many places."""
+def region_guess(text: str, site_regions: tuple[str, ...] = ()) -> str | None:
+    """Only formats that identify their region; None where a text could be from many places. A site
+    that names its regions (`[pipeline] regions`) is asked first: the one of them whose plate formats
+    the text fits. The UK's current series has the shape of Romania's, so at a site in Europe (`eu`)
+    that shape alone says only `eu`."""
+    fitting = [r for r in site_regions if any(len(f) == len(text) and all(slot_ok(c, k) for c, k in zip(text, f))
+                                              for f in REGION_FORMATS.get(r, ()))]
+    if len(fitting) == 1:
+        return fitting[0]
     for region, pat in REGION_PATTERNS:
-        if pat.match(text):
+        if pat.match(text) and not (region == "uk" and "eu" in site_regions):
             return region
     return None
 
@@ -440,7 +448,7 @@ class Pipeline:
                 text=p.text,
                 confidence=min(1.0, p.confidence),
                 char_confidences=[min(1.0, c) for c in p.char_confidences],
-                region=region_guess(p.text),
+                region=region_guess(p.text, tuple(self.recognizer.config.regions)),
                 box=Box(x1=round(x1, 1), y1=round(y1, 1), x2=round(x2, 1), y2=round(y2, 1)),
                 candidates=[RecCandidate(text=c.text, confidence=min(1.0, c.confidence), votes=c.votes)
                             for c in p.candidates if 2 <= len(c.text) <= 10],

@@ -123,3 +123,36 @@ def test_glyph_rule_leaves_a_read_that_fits_the_sites_format():
     reader = PlateReader(MODELS / "plate_reader.onnx")
     reader.set_regions(("uk", "us"))  # a site near both: a UK-format read keeps its letter O
     assert reader.fits_format("LO12ABC") and not reader.fits_format("LO12AB")
+
+
+def test_eu_formats_fit_look_alikes_only_when_one_text_needs_the_fewest_swaps():
+    from edge.vision.reader import MAX_SWAPS, REGION_FORMATS, ranked_for
+
+    eu = REGION_FORMATS["eu"]
+    assert not ranked_for(("eu",)) and ranked_for(("br", "uk"))
+
+    def read(s):
+        return ctc_greedy(probs("-".join(s)), CS, formats=eu, ranked=False).text
+
+    assert read("RK896A0") == "RK896AO"  # Croatian ZG 123-AB: a 0 among the closing letters is O
+    assert read("4821875") == "4B21875"  # Czech 1A2 3456: the second character is a letter
+    assert read("SI819AK") == "SI819AK"  # fits (Croatian): the bar stays a letter, unlike br's ranked rule
+    assert ctc_greedy(probs("-".join("SI819AK")), CS, formats=eu, ranked=True).text != "SI819AK"
+    assert read("AB12C34") == "AB12C34"  # AB1ZC34 and ABI2C34 need one swap each: no way to tell, kept
+    assert read("GWAGEN") == "GWAGEN"  # no format within MAX_SWAPS: a personalised plate, kept
+    assert MAX_SWAPS == 2 and read("A1B2C3D") == "AIB2C30"  # two swaps still settle it; the GWAGEN case needs more
+
+
+def test_reader_set_regions_eu_reads_unranked():
+    from edge.vision.reader import REGION_FORMATS, PlateReader
+    from tests.conftest import MODELS
+
+    reader = PlateReader(MODELS / "plate_reader.onnx")
+    reader.set_regions(("eu",))
+    assert reader.formats == REGION_FORMATS["eu"] and not reader.ranked and reader.max_chars is None
+    assert reader.fits_format("RK896AO") and reader.fits_format("4B21875") and not reader.fits_format("RK896A0")
+    saved = reader.conventions
+    reader.set_regions(("br",))
+    assert reader.ranked
+    reader.conventions = saved
+    assert not reader.ranked and reader.formats == REGION_FORMATS["eu"]

@@ -101,6 +101,8 @@ def test_config_loads_and_env_overrides(tmp_path):
     assert cfg.mqtt.port == 8883 and cfg.camera.site == "north gate" and cfg.gps.lat == 47.07
     assert cfg.mqtt.protocol == "5" and cfg.device.id == "1234" and cfg.pipeline.motion_gate is False
     assert cfg.outbox_path == tmp_path / "outbox.db" and cfg.tracking.min_length_share == 0.5
+    f.write_text(GOOD.format(state=tmp_path) + '\n[pipeline]\nregions = ["eu", "uk"]\n')
+    assert load_config(f, env={}).pipeline.regions == ["eu", "uk"]
 
 
 def test_config_reports_every_problem_with_its_key(tmp_path):
@@ -118,6 +120,7 @@ port = 99999
 [pipeline]
 min_plate_width = -5
 int8 = "all"
+regions = ["eu", "europe"]
 [tracking]
 min_length_share = 1.5
 """)
@@ -125,7 +128,7 @@ min_length_share = 1.5
         load_config(f, env={})
     text = "\n".join(e.value.problems)
     for key in ("device.id", "camera.id", "camera.colour: unknown key", "gps: ", "mqtt.port", "pipeline.min_plate_width", "pipeline.int8",
-                "tracking.min_length_share"):
+                "pipeline.regions", "tracking.min_length_share"):
         assert key in text
 
 

@@ -50,6 +50,11 @@ def test_sd_notify_sends_datagrams(tmp_path):
 def test_region_guess_only_when_the_format_tells():
     assert region_guess("ABC1D23") == "br" and region_guess("LS15EBC") == "uk" and region_guess("ABC123") is None
     assert region_guess("ABC1K23") is None  # Mercosur's fifth is A-J (the old digit 0-9)
+    # a site that names its regions is asked first; the UK's shape is also Romania's, so in Europe it says eu
+    assert region_guess("CJ12ABC", ("eu",)) == "eu" and region_guess("CJ12ABC", ("uk",)) == "uk"
+    assert region_guess("ABC1234", ("br",)) == "br" and region_guess("ABC1234") is None
+    assert region_guess("LS15EBC", ("br",)) == "uk" and region_guess("ABC1D23", ("us",)) == "br"
+    assert region_guess("GWAGEN", ("eu",)) is None and region_guess("1ABC234", ("br", "uk")) is None
 
 
 def test_encode_jpeg_respects_the_limit():

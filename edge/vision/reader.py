@@ -25,6 +25,43 @@ class TextRead:
 # Slots: L a letter, D a digit, M a letter A-J (Mercosur's fifth character: the old plate's digit
 # 0-9 written as A-J). A region's formats are listed most common first.
 REGION_FORMATS = {"br": ("LLLDDDD", "LLLDMDD"), "uk": ("LLDDLLL",)}
+
+
+def _letters_then_digits(letters: range, digits: range, longest: int) -> tuple[str, ...]:
+    return tuple("L" * a + "D" * b for a in letters for b in digits if a + b <= longest)
+
+
+# The current national series of European countries (separators, district seals and the country band
+# dropped), as a site anywhere in Europe reads them: OpenALPR's `-c eu`. Countries whose serials are
+# free-form (Austria, Ireland, Slovenia, personalised plates anywhere) have no entry, and a read that
+# fits no format is kept as read unless one look-alike swap, or the reader's own close second
+# choices, make it fit (see _format_prior). Formats most common first where it matters.
+EUROPE_FORMATS = {
+    "be": ("DLLLDDD",),  # 1-ABC-123
+    "bg": ("LLDDDDLL", "LDDDDLL"),  # CA 1234 AB
+    "ch": tuple("LL" + "D" * n for n in range(1, 7)),  # ZH 123456
+    "cz": ("DLDDDDD", "DLLDDDD"),  # 1A2 3456
+    "de": _letters_then_digits(range(2, 6), range(1, 5), 8),  # district 1-3 letters, 1-2 letters, 1-4 digits
+    "dk": ("LLDDDDD",),  # AB 12 345 (Norway alike)
+    "ee": ("DDDLLL",),  # 123 ABC
+    "es": ("DDDDLLL",),  # 1234 BCD
+    "fi": ("LLLDDD",),  # ABC-123
+    "fr": ("LLDDDLL",),  # AB-123-CD (Italy, Slovakia alike)
+    "gr": ("LLLDDDD",),  # ABC-1234
+    "hr": ("LLDDDLL", "LLDDDDLL", "LLDDDL", "LLDDDDL"),  # ZG 123-AB, ZG 1234-A
+    "hu": ("LLLDDD", "LLLLDDD"),  # ABC-123, AA BC-123
+    "lv": ("LLDDDD",),  # AB-1234
+    "nl": ("DDLLLD", "DLLLDD", "LLDDDL", "LDDDLL", "LLLDDL", "DLLDDD", "DDDLLD", "LDDLLL"),  # side codes 7-14
+    "pl": ("LLDDDDD", "LLDDDDL", "LLDDDLL", "LLDLDDD", "LLDLLDD", "LLLDDDD", "LLLDDLL", "LLLDLDD"),  # WA 12345, KRA 1234
+    "pt": ("LLDDLL", "DDLLDD", "DDDDLL", "LLDDDD"),  # AA-00-AA and the older series
+    "ro": ("LLDDLLL", "LDDLLL", "LDDDLLL"),  # CJ 12 ABC, B 123 ABC
+    "se": ("LLLDDD", "LLLDDL"),  # ABC 123, ABC 12A
+    "uk": REGION_FORMATS["uk"],
+}
+REGION_FORMATS["eu"] = tuple(dict.fromkeys(f for fs in EUROPE_FORMATS.values() for f in fs))
+# Regions whose formats are a union of many countries' series, in no order of frequency: a read that
+# fits one is left as read, and no format is preferred to another (see _format_prior)
+UNRANKED_REGIONS = ("eu",)
 MERCOSUR_LETTERS = "ABCDEFGHIJ"
 # Regions whose plates draw two characters with one glyph, and whose records mostly write one of them:
 # most US states use one glyph for the letter O and the digit 0 (standard serials leave O out) and
@@ -43,6 +80,7 @@ _DIGIT_BAR = re.compile(r"(?<=[0-9])I(?=[0-9]|$)")
 # that names several regions allows the longest of theirs; a site that names none allows 10.
 REGION_MAX_CHARS = {"us": 8, "br": 7, "uk": 7}
 KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS) | set(REGION_MAX_CHARS)))
+MAX_SWAPS = 2  # a read that needs more look-alike swaps to fit a format is not one of its plates
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
 TO_LETTER = {"0": "O", "1": "I", "2": "Z", "5": "S", "8": "B", "6": "G", "7": "T", "4": "A"}
@@ -60,6 +98,11 @@ def formats_for(regions) -> tuple[str, ...]:
     for r in _check_regions(regions):
         out += REGION_FORMATS.get(r, ())
     return tuple(out)
+
+
+def ranked_for(regions) -> bool:
+    """Whether the named regions' formats are ranked, most common first (see UNRANKED_REGIONS)."""
+    return not any(r in UNRANKED_REGIONS for r in _check_regions(regions))
 
 
 def glyphs_for(regions) -> dict[str, str]:
@@ -90,12 +133,13 @@ def apply_glyphs(read: TextRead, glyphs: dict[str, str], digit_bars: bool = Fals
     return read if text == read.text else TextRead(text, read.confidence, read.char_confidences)
 
 
-def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[str, ...] = ()) -> TextRead:
+def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[str, ...] = (), ranked: bool = True) -> TextRead:
     """Best-path CTC decoding of a (T, C) probability matrix.
 
     Repeated symbols collapse unless separated by a blank; each emitted character's confidence is
     the highest probability it had over the run of steps that produced it. With `formats`, a read
-    of a format's length may be re-read under that format (see FORMATS).
+    of a format's length may be re-read under that format (see REGION_FORMATS); `ranked`: the formats
+    are listed most common first (one region's), not a union of many countries' (see UNRANKED_REGIONS).
     """
     probs = np.asarray(probs, np.float32)
     idx = probs.argmax(-1)
@@ -115,7 +159,7 @@ def ctc_greedy(probs: np.ndarray, charset: str, blank: int = 0, formats: tuple[s
     cls = [int(idx[t]) for t in steps]
     confs = [float(probs[t, c]) for t, c in zip(steps, cls)]
     if formats:
-        cls, confs = _format_prior(probs, steps, cls, confs, charset, off, formats)
+        cls, confs = _format_prior(probs, steps, cls, confs, charset, off, formats, ranked)
     conf = float(np.exp(np.mean(np.log(np.maximum(confs, 1e-9)))))
     return TextRead("".join(charset[c - off] for c in cls), conf, tuple(round(c, 4) for c in confs))
 
@@ -127,13 +171,15 @@ def slot_ok(ch: str, k: str) -> bool:
     return ch in MERCOSUR_LETTERS if k == "M" else ch.isalpha()
 
 
-def _format_prior(probs, steps, cls, confs, charset, off, formats):
+def _format_prior(probs, steps, cls, confs, charset, off, formats, ranked=True):
     text = [charset[c - off] for c in cls]
 
     def fits(f):
         return len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))
 
     fitting = [i for i, f in enumerate(formats) if fits(f)]
+    if fitting and not ranked:
+        return cls, confs  # already a known format: leave it alone
     if fitting:
         # a bare bar is the letter I in one format and the digit 1 in another: take the more common
         # format (br: an old plate's 1 is drawn as a bar; a Mercosur fifth I, the old digit 8, is one
@@ -159,13 +205,24 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats):
             best = (score, new_cls, new_conf)
     if best[1] is not cls:
         return best[1], best[2]
-    # the glyphs themselves: a Brazilian 1 is drawn like an I, a 0 like an O
+    # the glyphs themselves: a Brazilian 1 is drawn like an I, a 0 like an O. Ranked formats: the first
+    # that fits. Unranked (many countries' formats): those that need the fewest swaps (at most
+    # MAX_SWAPS) settle it; when they give different texts, the read stays as it is
+    by_swaps: dict[int, list[str]] = {}
     for f in formats:
         if len(f) != len(text):
             continue
         swapped = [ch if slot_ok(ch, k) else (TO_DIGIT if k == "D" else TO_LETTER).get(ch) for ch, k in zip(text, f)]
         if all(s is not None and slot_ok(s, k) for s, k in zip(swapped, f)):
-            return [charset.index(ch) + off for ch in swapped], confs  # same glyphs, same confidences
+            if ranked:
+                return [charset.index(ch) + off for ch in swapped], confs  # same glyphs, same confidences
+            n = sum(a != b for a, b in zip(swapped, text))
+            if n <= MAX_SWAPS:
+                by_swaps.setdefault(n, []).append("".join(swapped))
+    if by_swaps:
+        texts = set(by_swaps[min(by_swaps)])
+        if len(texts) == 1:
+            return [charset.index(ch) + off for ch in texts.pop()], confs  # same glyphs, same confidences
     return cls, confs
 
 
@@ -187,6 +244,7 @@ class PlateReader:
         self.margin_x = float(meta.get("crop_margin_x", 0.03))
         self.margin_y = float(meta.get("crop_margin_y", 0.06))
         self.formats = tuple(formats)
+        self.ranked = True  # see UNRANKED_REGIONS
         self.glyphs = dict(glyphs or {})  # see REGION_GLYPHS
         self.digit_bars = digit_bars  # see REGION_DIGIT_BARS
         self.max_chars = max_chars  # see REGION_MAX_CHARS; None: no region limit
@@ -194,16 +252,17 @@ class PlateReader:
     def set_regions(self, regions) -> None:
         """Read with the plate formats and glyph conventions of these regions (empty: region-blind)."""
         self.formats, self.glyphs, self.digit_bars = formats_for(regions), glyphs_for(regions), digit_bars_for(regions)
+        self.ranked = ranked_for(regions)
         self.max_chars = max_chars_for(regions)
 
     @property
     def conventions(self) -> tuple:
         """What set_regions set, to put back later."""
-        return self.formats, self.glyphs, self.digit_bars, self.max_chars
+        return self.formats, self.glyphs, self.digit_bars, self.max_chars, self.ranked
 
     @conventions.setter
     def conventions(self, value) -> None:
-        self.formats, self.glyphs, self.digit_bars, self.max_chars = value
+        self.formats, self.glyphs, self.digit_bars, self.max_chars, self.ranked = value
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)
@@ -214,7 +273,7 @@ class PlateReader:
             return []
         x = np.stack([self.prepare(c) for c in crops_bgr])
         probs = self.model.run(x)[0]
-        reads = [ctc_greedy(p, self.charset, self.blank, self.formats) for p in probs]
+        reads = [ctc_greedy(p, self.charset, self.blank, self.formats, self.ranked) for p in probs]
         if self.glyphs or self.digit_bars:
             reads = [r if self.fits_format(r.text) else apply_glyphs(r, self.glyphs, self.digit_bars) for r in reads]
         return reads

@@ -73,6 +73,10 @@ def quantize(src: Path, arrays: list[np.ndarray]) -> Path:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        # 7-bit weights: x86-64 cores without VNNI (AVX2 only, e.g. this AMD EPYC) multiply u8 by s8 with
+        # 16-bit intermediate sums that saturate with full 8-bit weights; there the session-13 reader
+        # quantized without this lost characters (project crops 0.733 against float 0.800; with it 0.800)
+        reduce_range=True,
         calibrate_method=CalibrationMethod.MinMax,
     )
     pre.unlink(missing_ok=True)
@@ -83,7 +87,7 @@ def quantize(src: Path, arrays: list[np.ndarray]) -> Path:
         if p.key == "version":
             v = f"{v}-int8"
         q.metadata_props.add(key=p.key, value=json.dumps(v))
-    q.metadata_props.add(key="quantization", value=json.dumps("static int8 QDQ, per-channel weights, MinMax calibration"))
+    q.metadata_props.add(key="quantization", value=json.dumps("static int8 QDQ, per-channel 7-bit weights (reduce_range), MinMax calibration"))
     onnx.save(q, str(dst))
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
     return dst
