@@ -8,6 +8,7 @@ is reported, never silent.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import threading
@@ -15,6 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("edge.outbox")
+CLOCK_STEP_S = 120.0  # a wall-clock move this much beyond the steady clock's is a step (NTP slews far less)
+
+
+def _boot_clock() -> float:
+    """Seconds since boot, suspend included; wall-clock steps do not move it."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,7 +67,15 @@ class Outbox:
         max_bytes: int = 512 * 1024 * 1024,
         min_free_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        steady: Callable[[], float] | None = None,
     ):
+        """`clock` stamps records (wall time, seconds); `steady` is a clock the wall clock's steps do not
+        move (default: CLOCK_BOOTTIME when `clock` is the system's wall clock; None: no step correction).
+        A device without a real-time clock boots with a stale wall clock (fake-hwclock keeps the time it
+        was switched off) and queues reads under it; when NTP then sets the clock forward by the weeks
+        it lay off, those reads would look that much older and be dropped as too old. So when the wall
+        clock moves more than CLOCK_STEP_S away from the steady clock, the records this process
+        stamped before the step are moved with it: their age stays what it really is."""
         self.path = Path(path)
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -71,8 +88,12 @@ class Outbox:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            # records with a higher seq were stamped by this process, under the clock it watches
+            self._first_own_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0] + 1
         except (sqlite3.Error, OSError) as e:
             raise OutboxError(f"cannot open outbox {self.path}: {e}") from None
+        self.steady = steady if steady is not None else (_boot_clock if clock is time.time else None)
+        self._anchor = (self.clock(), self.steady()) if self.steady else None
 
     # -------------------------------------------------------------- writing
 
@@ -99,6 +120,7 @@ class Outbox:
 
     def _enforce_bounds(self, incoming: int) -> None:
         """Drop what is too old, then oldest-first while over size or short of disk. Counted."""
+        self._follow_clock_steps()
         cutoff = self.clock() - self.max_age_s
         n = self.db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,)).rowcount
         if n:
@@ -117,6 +139,17 @@ class Outbox:
             self._bump("dropped_space", 1)
             size -= row[1]
             free += row[1]
+
+    def _follow_clock_steps(self) -> None:
+        if self._anchor is None:
+            return
+        wall, steady = self.clock(), self.steady()
+        step = (wall - self._anchor[0]) - (steady - self._anchor[1])
+        self._anchor = (wall, steady)
+        if abs(step) > CLOCK_STEP_S:
+            n = self.db.execute("UPDATE outbox SET created = created + ? WHERE seq >= ?", (step, self._first_own_seq)).rowcount
+            self._bump("clock_steps", 1)
+            log.warning("wall clock stepped by %+.0f s; %d queued records restamped to keep their age", step, n)
 
     def _bump(self, name: str, n: int) -> None:
         self.db.execute(

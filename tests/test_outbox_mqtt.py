@@ -37,6 +37,37 @@ def test_outbox_bounds_are_counted(tmp_path):
     assert [i.read_id for i in ob.peek()] == ["b", "c"]
 
 
+def test_outbox_keeps_the_age_of_reads_queued_under_a_stale_clock(tmp_path):
+    """A Pi without a real-time clock boots with the time it was switched off, queues reads, then NTP
+    sets the clock forward by the weeks it lay off: those reads are seconds old, not weeks."""
+    day = 86400.0
+    wall, steady = [100 * day], [50.0]
+    ob = Outbox(tmp_path / "o.db", max_age_s=30 * day, clock=lambda: wall[0], steady=lambda: steady[0])
+    ob.put("before", "t", b"1")  # queued, then the power goes for 40 days
+    ob.close()
+    wall[0] += 60  # fake-hwclock: the time it was switched off; a new boot, so the steady clock restarts
+    steady[0] = 5.0
+    ob = Outbox(tmp_path / "o.db", max_age_s=30 * day, clock=lambda: wall[0], steady=lambda: steady[0])
+    ob.put("offline", "t", b"2")
+    stamped = ob.peek()[1].created
+    wall[0] += 40 * day + 30  # NTP: 30 s later by the steady clock, 40 days later by the wall clock
+    steady[0] += 30
+    ob.put("after", "t", b"3")
+    assert [i.read_id for i in ob.peek()] == ["offline", "after"]  # the one read really 40 days old went
+    c = ob.counters()
+    assert c["dropped_age"] == 1 and c["clock_steps"] == 1
+    assert ob.peek()[0].created == pytest.approx(stamped + 40 * day)  # restamped: 30 s old, as it is
+    wall[0] -= 3600  # a step back: nothing is dropped, the own records move with it
+    ob.put("back", "t", b"4")
+    assert ob.backlog() == 3 and ob.counters()["clock_steps"] == 2
+    slow = Outbox(tmp_path / "p.db", max_age_s=100, clock=lambda: wall[0], steady=lambda: steady[0])
+    slow.put("x", "t", b"5")
+    wall[0] += 101  # the wall clock moving with the steady one is no step: the read is old and goes
+    steady[0] += 101
+    slow.put("y", "t", b"6")
+    assert [i.read_id for i in slow.peek()] == ["y"] and "clock_steps" not in slow.counters()
+
+
 def test_outbox_survives_kill_9(tmp_path):
     db = tmp_path / "o.db"
     code = (
