@@ -46,11 +46,11 @@ class _Limited(VideoFileSource):
 
 
 def run_bench(path: Path, threads: int = 1, max_frames: int = 300, repeats: int = 3, motion_gate: bool = False,
-              stream=sys.stdout, int8: str = "none") -> dict:
+              stream=sys.stdout, int8: str = "none", refine: bool = True) -> dict:
     from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, model_files
 
     det_file, reader_file = model_files(int8)
-    rec = PlateRecognizer(RecognizerConfig(threads=threads, detector_file=det_file, reader_file=reader_file))
+    rec = PlateRecognizer(RecognizerConfig(threads=threads, detector_file=det_file, reader_file=reader_file, refine=refine))
     rec.detector.detect(_first_frame(path))  # warm-up outside the timing
     dec_fps, pipe_fps, cpu = [], [], []
     stage: dict[str, list[float]] = {}

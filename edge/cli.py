@@ -17,7 +17,8 @@ def _recognizer(args, still: bool = False):
 
     det_file, reader_file = model_files(args.int8)
     cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
-                           regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file)
+                           regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file,
+                           refine=getattr(args, "refine", True))
     if getattr(args, "min_confidence", None) is not None:
         if not 0.0 <= args.min_confidence <= 1.0:
             raise UserError(f"--min-confidence: expected a number from 0 to 1, got {args.min_confidence:g}")
@@ -151,7 +152,7 @@ def cmd_bench(args) -> int:
     except CaptureError as e:
         raise UserError(str(e)) from None
     run_bench(Path(args.video), threads=args.threads, max_frames=args.frames, repeats=args.repeats, motion_gate=args.motion_gate,
-              int8=args.int8)
+              int8=args.int8, refine=args.refine)
     return 0
 
 
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop reads below this confidence (default 0.7: a still image's read is final)")
     e.add_argument("--int8", choices=INT8_CHOICES, default="none",
                    help="use the int8-quantized reader, detector or both (the files beside the float32 ones; default: none)")
+    e.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="move each detector box onto the plate's edges before reading it, when the model folder has "
+                        "plate_refiner.onnx (default: on; --no-refine reads the detector's boxes)")
     e.add_argument("--region", action="append",
                    help="read with a region's plate conventions (br, uk: formats; eu: European national formats; us: O and 0 are one glyph); repeatable")
     e.add_argument("--region-from-folder", action=argparse.BooleanOptionalAction, default=True,
@@ -291,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--motion-gate", action="store_true", help="enable motion gating (off: every frame is inferred)")
     b.add_argument("--int8", choices=INT8_CHOICES, default="none", help="use the int8-quantized reader, detector or both")
+    b.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True, help="refine boxes before reading (default: on)")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("config", help="configuration tools")

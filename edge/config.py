@@ -121,6 +121,8 @@ class PipelineSection(Section):
     full_detect_every: int = Field(default=3, ge=1, le=30, description="while tracking, look at the whole frame every Nth frame, around tracked plates in between")
     settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running (0: always read)")
     model_dir: Path | None = None
+    refine: bool = Field(default=True, description="move each detector box onto the plate's edges before reading it (the model folder's "
+                                                   "plate_refiner.onnx; without that file boxes are read as detected)")
     int8: Literal["none", "reader", "detector", "both"] = Field(
         default="none", description="use the int8-quantized model(s) shipped beside the float32 pair: the reader int8 is about 3x faster "
                                     "and reads almost as well; the int8 detector loses plates (models/README.md)")

@@ -139,7 +139,7 @@ class Runner:
                                                    detector_file=det_file, reader_file=reader_file,
                                                    threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence,
                                                    min_length=cfg.pipeline.min_length, regions=tuple(cfg.pipeline.regions),
-                                                   verify=cfg.pipeline.verify,
+                                                   verify=cfg.pipeline.verify, refine=cfg.pipeline.refine,
                                                    min_plate_width=cfg.pipeline.min_plate_width))
         except ModelError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None

@@ -355,7 +355,10 @@ class Pipeline:
                or b[3] + my * (b[3] - b[1]) > h for b in boxes]
         small = ~self.recognizer.wide_enough(boxes)
         todo = [i for i, k in enumerate(known) if k is None and not cut[i] and not small[i]]
-        reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, boxes[todo])) if todo else []))
+        # each box is read from its cut moved onto the plate's edges (PlateRecognizer.refine); the track
+        # follows the detector's boxes, whose size changes with distance the same way from frame to frame
+        cuts = self.recognizer.refine(full, boxes[todo]) if todo else boxes[todo]
+        reads = dict(zip(todo, self.recognizer.reader.read(self.recognizer.crops(full, cuts)) if todo else []))
         if todo:
             self.times.add("read_ms", (time.perf_counter() - t1) * 1000)
         self.counts["reads_skipped"] += sum(k is not None for k in known)

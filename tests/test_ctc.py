@@ -156,3 +156,15 @@ def test_reader_set_regions_eu_reads_unranked():
     assert reader.ranked
     reader.conventions = saved
     assert not reader.ranked and reader.formats == REGION_FORMATS["eu"]
+
+
+def test_br_bare_bar_is_settled_after_a_format_reread_too():
+    from edge.vision.reader import REGION_FORMATS
+
+    m = probs("OUH9I9I")  # fits no format: the last bar is uncertain between I and 1
+    m[6, CS.index("I") + 1], m[6, CS.index("1") + 1] = 0.5, 0.4
+    m[4, CS.index("1") + 1] = 0.05
+    # the likeliest format reading is Mercosur's (the fifth bar as I, the last as 1), but a fifth bar
+    # is an old plate's 1 as often as not, as for a read that fits as it stands
+    assert ctc_greedy(m, CS, formats=REGION_FORMATS["br"]).text == "OUH9191"
+    assert ctc_greedy(probs("OUH9I91"), CS, formats=REGION_FORMATS["br"]).text == "OUH9191"

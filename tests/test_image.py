@@ -26,7 +26,7 @@ CLIP = ROOT / "fixtures" / "videos" / "07_mixed_styles.mp4"
 BOOT_CLIP = ROOT / "fixtures" / "videos" / "01_gate_day.mp4"
 SOURCES = ["deploy/image/build", "deploy/image/stage.sh", "deploy/image/install-edge.sh", "deploy/image/edge-firstboot.sh",
            "deploy/image/units/edge.service", "deploy/image/units/edge-firstboot.service", "deploy/image/units/edge-sshkeys.service", "pyproject.toml",
-           "models/plate_detector.onnx", "models/plate_reader.onnx", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py"))]
+           *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "models").glob("*.onnx")), *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edge").rglob("*.py"))]
 
 
 def sources_digest() -> str:
@@ -87,7 +87,8 @@ def test_rootfs_has_the_service_and_no_secrets(image):
     rootfs = image / "rootfs"
     assert (rootfs / "etc/systemd/system/edge.service").exists()
     assert (rootfs / "etc/systemd/system/multi-user.target.wants/edge.service").is_symlink()  # enabled
-    assert (rootfs / "opt/edge/venv/bin/edge").exists() and (rootfs / "opt/edge/models/plate_reader.onnx").exists()
+    assert (rootfs / "opt/edge/venv/bin/edge").exists() and all(
+        (rootfs / "opt/edge/models" / f.name).exists() for f in (ROOT / "models").glob("*.onnx"))
     unit = (rootfs / "etc/systemd/system/edge.service").read_text()
     for key in ("Type=notify", "WatchdogSec=", "Restart=", "ProtectSystem=strict", "StateDirectory=", "LoadCredential=", "User=edge"):
         assert key in unit

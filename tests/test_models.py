@@ -64,7 +64,8 @@ def test_int8_reader_reads_the_committed_crops_almost_as_well():
 
 
 def test_both_models_together_under_10_mb():
-    assert DET.stat().st_size + READ.stat().st_size < 10 * 1024 * 1024
+    # with the box refiner, which the runtime loads beside them
+    assert DET.stat().st_size + READ.stat().st_size + (MODELS / "plate_refiner.onnx").stat().st_size < 10 * 1024 * 1024
 
 
 def test_wrong_kind_and_missing_file_are_clear_errors(tmp_path):

@@ -289,3 +289,24 @@ def test_us_o_zero_merge_emits_label_0_as_o_or_0_for_us_samples_only():
         tg = torch.tensor([i0, i0])
         return float(ctc(o_zero_merged(x, [True]), tg, torch.tensor([3]), torch.tensor([2])))
     assert abs(loss(io) - loss(i0)) < 1e-4 and loss(i0) < 1e-3
+
+
+def test_refiner_training_smoke_resume_export(tmp_path):
+    from edge.vision.refiner import BoxRefiner
+
+    data = voc_folder(tmp_path, n=4)
+    out = tmp_path / "refiner"
+    r = py("models.train.refiner", "--data", str(data), "--out", str(out), "--steps", "3", "--batch", "4", "--minutes", "2")
+    assert "stopped at step 3" in r.stdout
+    r = py("models.train.refiner", "--data", str(data), "--out", str(out), "--steps", "5", "--batch", "4", "--minutes", "2")
+    assert "resumed from step 3" in r.stdout and "stopped at step 5" in r.stdout
+    onnx_path = tmp_path / "plate_refiner.onnx"
+    py("models.train.refiner", "--out", str(out), "--export", str(onnx_path))
+    ref = BoxRefiner(onnx_path)
+    assert ref.model.meta["train_steps"] == 5 and (ref.h, ref.w) == (64, 192)
+    boxes = ref.refine(np.zeros((360, 640, 3), np.uint8), np.array([[100, 100, 200, 130], [300, 200, 380, 220]], np.float32))
+    assert boxes.shape == (2, 4) and np.isfinite(boxes).all()
+    for bad, msg in ((["--steps", "0"], "--steps: must be positive"), (["--data", str(tmp_path / "none")], "--data: no such folder")):
+        p = subprocess.run([sys.executable, "-m", "models.train.refiner", "--out", str(tmp_path / "r2"), *bad], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr

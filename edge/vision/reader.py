@@ -171,23 +171,32 @@ def slot_ok(ch: str, k: str) -> bool:
     return ch in MERCOSUR_LETTERS if k == "M" else ch.isalpha()
 
 
+def _common_bar(cls, charset, off, formats):
+    """A read that fits one of the ranked formats, with each bare bar (I) written as the digit 1 where
+    a more common format wants a digit there and then fits; None when the read fits no format.
+
+    A bare bar is the letter I in one format and the digit 1 in another: take the more common format
+    (br: an old plate's 1 is drawn as a bar; a Mercosur fifth I, the old digit 8, is one Mercosur
+    plate in ten, and Mercosur plates are still the smaller part of the fleet; those are lost)."""
+    text = [charset[c - off] for c in cls]
+    fitting = [i for i, f in enumerate(formats) if len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))]
+    if not fitting:
+        return None
+    for f in formats[: fitting[0]]:
+        if len(f) == len(text) and all(slot_ok(ch, k) or (ch == "I" and k == "D") for ch, k in zip(text, f)):
+            return [charset.index("1" if ch == "I" and k == "D" else ch) + off for ch, k in zip(text, f)]
+    return cls
+
+
 def _format_prior(probs, steps, cls, confs, charset, off, formats, ranked=True):
     text = [charset[c - off] for c in cls]
-
-    def fits(f):
-        return len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))
-
-    fitting = [i for i, f in enumerate(formats) if fits(f)]
-    if fitting and not ranked:
-        return cls, confs  # already a known format: leave it alone
-    if fitting:
-        # a bare bar is the letter I in one format and the digit 1 in another: take the more common
-        # format (br: an old plate's 1 is drawn as a bar; a Mercosur fifth I, the old digit 8, is one
-        # Mercosur plate in ten, and Mercosur plates are still the smaller part of the fleet; those are lost)
-        for f in formats[: fitting[0]]:
-            if len(f) == len(text) and all(slot_ok(ch, k) or (ch == "I" and k == "D") for ch, k in zip(text, f)):
-                return [charset.index("1" if ch == "I" and k == "D" else ch) + off for ch, k in zip(text, f)], confs
-        return cls, confs  # already a known format: leave it alone
+    if not ranked:
+        if any(len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f)) for f in formats):
+            return cls, confs  # already a known format: leave it alone
+    else:
+        settled = _common_bar(cls, charset, off, formats)
+        if settled is not None:
+            return settled, confs  # already a known format: left alone but for its bare bars
     best = (float(np.prod(confs)) * FORMAT_RATIO, cls, confs)
     masks = {k: np.array([slot_ok(c, k) for c in charset]) for k in "LDM"}
     for f in formats:
@@ -204,7 +213,8 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats, ranked=True):
         if score > best[0]:
             best = (score, new_cls, new_conf)
     if best[1] is not cls:
-        return best[1], best[2]
+        # the reading under the likeliest format, its bare bars settled like those of a fitting read
+        return (_common_bar(best[1], charset, off, formats) or best[1]) if ranked else best[1], best[2]
     # the glyphs themselves: a Brazilian 1 is drawn like an I, a 0 like an O. Ranked formats: the first
     # that fits. Unranked (many countries' formats): those that need the fewest swaps (at most
     # MAX_SWAPS) settle it; when they give different texts, the read stays as it is

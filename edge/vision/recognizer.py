@@ -11,9 +11,11 @@ import numpy as np
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import expand_box
 from edge.vision.reader import PlateReader
+from edge.vision.refiner import BoxRefiner
 
 DETECTOR_FILE = "plate_detector.onnx"
 READER_FILE = "plate_reader.onnx"
+REFINER_FILE = "plate_refiner.onnx"  # optional: without it boxes are read as the detector gives them
 INT8_CHOICES = ("none", "reader", "detector", "both")
 REREAD_SHIFT = 0.12  # share of a box's width its misfit re-reads move it left and right (reread_misfits)
 # The least read confidence worth reporting. A video frame's read is one vote in a track (the tracker
@@ -66,8 +68,10 @@ class RecognizerConfig:
     verify: bool = True  # also take boxes the detector scored low when the reader reads them confidently (model metadata)
     regions: tuple[str, ...] = ()  # e.g. ("br",): plate formats/glyphs of the site's region (reader.REGION_FORMATS, REGION_GLYPHS, REGION_DIGIT_BARS)
     reread_misfits: bool = True  # with plate formats: re-read a misfit from shifted cuts (PlateRecognizer.reread_misfits)
+    refine: bool = True  # move each box's edges onto the plate before reading it (when the model folder has a refiner)
     detector_file: str = DETECTOR_FILE
     reader_file: str = READER_FILE
+    refiner_file: str = REFINER_FILE
 
 
 class PlateRecognizer:
@@ -77,6 +81,12 @@ class PlateRecognizer:
         self.detector = PlateDetector(Path(c.model_dir) / c.detector_file, threads=c.threads, threshold=c.detection_threshold)
         self.reader = PlateReader(Path(c.model_dir) / c.reader_file, threads=c.threads)
         self.reader.set_regions(c.regions)
+        rf = Path(c.model_dir) / c.refiner_file
+        self.refiner = BoxRefiner(rf, threads=c.threads) if c.refine and rf.is_file() else None
+
+    def refine(self, frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The boxes with their edges moved onto the plates (as they are without a refiner)."""
+        return self.refiner.refine(frame, boxes) if self.refiner is not None and len(boxes) else boxes
 
     @property
     def detect_threshold(self) -> float:
@@ -145,11 +155,12 @@ class PlateRecognizer:
             dets = type(dets)(dets.boxes[keep], dets.scores[keep])
         if not len(dets):
             return []
-        reads = self.reader.read(self.crops(frame_bgr, dets.boxes))
+        boxes = self.refine(frame_bgr, dets.boxes)
+        reads = self.reader.read(self.crops(frame_bgr, boxes))
         if self.reader.formats and self.config.reread_misfits:
-            reads = self.reread_misfits(frame_bgr, dets.boxes, reads)
+            reads = self.reread_misfits(frame_bgr, boxes, reads)
         out = []
-        for box, score, r in zip(dets.boxes, dets.scores, reads):
+        for box, score, r in zip(boxes, dets.scores, reads):
             if not self.accepts(float(score), r):
                 continue
             conf = float(r.confidence)

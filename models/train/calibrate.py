@@ -41,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--reader", type=Path, help="also choose the verify rule with this reader")
     ap.add_argument("--verify-slack", type=float, default=0.0, help="precision the verify rule may cost (default: none)")
     ap.add_argument("--verify-reads", type=float, default=4.0, help="most extra reads per image the rule may cost")
+    ap.add_argument("--refiner", type=Path, help="read each box as the runtime does with this box refiner (plate_refiner.onnx)")
     a = ap.parse_args(argv)
     det = PlateDetector(a.detector)
     det.threshold = 0.05
@@ -50,13 +51,18 @@ def main(argv=None):
         from edge.vision.reader import PlateReader
 
         reader = PlateReader(a.reader)
+    refiner = None
+    if a.refiner:
+        from edge.vision.refiner import BoxRefiner
+
+        refiner = BoxRefiner(a.refiner)
     rows, reads = [], []
     for it in scenes.val_items:
         img = cv2.imread(str(it.path))
         d = det.detect(img)
         rows.append((d.boxes, d.scores, it.boxes))
         if reader is not None:
-            reads.append(read_boxes(reader, img, d.boxes, d.scores >= 0.1))
+            reads.append(read_boxes(reader, img, d.boxes, d.scores >= 0.1, refiner))
     table = []
     for th in np.arange(0.1, 0.6, 0.05):
         tp = fp = fn = 0
@@ -111,7 +117,8 @@ def main(argv=None):
             print(f"verify rule: boxes scored {best[1]}..{chosen} count when read with confidence >= {best[2]}")
         else:
             print("verify rule: no pair gains recall within the limits; off")
-        meta["verify_calibration"] = json.dumps({"reader": a.reader.name, "slack": a.verify_slack,
+        meta["verify_calibration"] = json.dumps({"reader": a.reader.name, "refiner": a.refiner.name if a.refiner else None,
+                                                 "slack": a.verify_slack,
                                                  "max_extra_reads": a.verify_reads, "base": [round(v, 4) for v in base[:2]],
                                                  "table": vtable})
     del m.metadata_props[:]
@@ -121,15 +128,17 @@ def main(argv=None):
     print(f"threshold {chosen} written into {a.detector}")
 
 
-def read_boxes(reader, img, boxes, mask) -> list:
-    """The reader's (text, confidence) for each box where mask is set, else None."""
+def read_boxes(reader, img, boxes, mask, refiner=None) -> list:
+    """The reader's (text, confidence) for each box where mask is set, else None; with a refiner,
+    each box is moved onto the plate first, as the runtime does."""
     from edge.vision.geometry import expand_box
 
     h, w = img.shape[:2]
     idx = [i for i in range(len(boxes)) if mask[i]]
+    cut = refiner.refine(img, boxes[idx]) if refiner is not None and idx else boxes[idx] if idx else []
     crops = []
-    for i in idx:
-        x1, y1, x2, y2 = expand_box(boxes[i], w, h, reader.margin_x, reader.margin_y)
+    for b in cut:
+        x1, y1, x2, y2 = expand_box(b, w, h, reader.margin_x, reader.margin_y)
         crops.append(img[y1:y2, x1:x2])
     out: list = [None] * len(boxes)
     for i, r in zip(idx, reader.read(crops) if crops else []):

@@ -80,15 +80,22 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo5.tsv --out runs/r
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_oz_avg \
   --average runs/reader_wide_avg/ckpt.pt runs/reader_oz/ckpt.pt --alpha 0.3
 
+# 6b. the box refiner (session 15): moves each detector box onto the plate's labelled edges before
+#     it is read; trained on the detector's training photos, the detector's held-out photos kept out
+$PY -m models.train.refiner --data "$DATA" --out runs/refiner --minutes 45 --steps 4000 --threads "$THREADS"
+
 # 7. export with metadata, quantize, score
 $PY -m models.train.detector --out runs/detector_syn --export models/plate_detector.onnx
 $PY -m models.train.reader --out runs/reader_oz_avg --export models/plate_reader.onnx
+$PY -m models.train.refiner --out runs/refiner --export models/plate_refiner.onnx
 # the verify band may cost at most 2 extra reads per image (the wide reader costs twice the small one per read)
-$PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx --verify-reads 2
+$PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx \
+  --refiner models/plate_refiner.onnx --verify-reads 2
 $PY -m models.train.quantize --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 # the int8 pair's own threshold and verify band (the int8 detector scores a little differently)
 mkdir -p runs/int8 && cp models/plate_detector.int8.onnx runs/int8/plate_detector.onnx && cp models/plate_reader.int8.onnx runs/int8/plate_reader.onnx
-$PY -m models.train.calibrate --data "$DATA" --detector runs/int8/plate_detector.onnx --reader runs/int8/plate_reader.onnx --verify-reads 2
+$PY -m models.train.calibrate --data "$DATA" --detector runs/int8/plate_detector.onnx --reader runs/int8/plate_reader.onnx \
+  --refiner models/plate_refiner.onnx --verify-reads 2
 cp runs/int8/plate_detector.onnx models/plate_detector.int8.onnx
 .venv/bin/edge eval "$DATA/openalpr-endtoend" --out runs/eval.jsonl --threads 1
 .venv/bin/edge eval --crops "$DATA/openalpr-us-crops" --threads 1
