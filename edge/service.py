@@ -35,7 +35,7 @@ from edge.record import Candidate as RecCandidate
 from edge.tracking import Observation, Pass, Tracker, TrackerConfig, iou
 from edge.vision.detector import Detections
 from edge.vision.geometry import nms
-from edge.vision.reader import REGION_FORMATS, slot_ok
+from edge.vision.reader import REGION_FORMATS, fits
 
 log = logging.getLogger("edge.service")
 
@@ -87,8 +87,7 @@ def region_guess(text: str, site_regions: tuple[str, ...] = ()) -> str | None:
     that names its regions (`[pipeline] regions`) is asked first: the one of them whose plate formats
     the text fits. The UK's current series has the shape of Romania's, so at a site in Europe (`eu`)
     that shape alone says only `eu`."""
-    fitting = [r for r in site_regions if any(len(f) == len(text) and all(slot_ok(c, k) for c, k in zip(text, f))
-                                              for f in REGION_FORMATS.get(r, ()))]
+    fitting = [r for r in site_regions if any(fits(text, f) for f in REGION_FORMATS.get(r, ()))]
     if len(fitting) == 1:
         return fitting[0]
     for region, pat in REGION_PATTERNS:

@@ -171,6 +171,11 @@ def slot_ok(ch: str, k: str) -> bool:
     return ch in MERCOSUR_LETTERS if k == "M" else ch.isalpha()
 
 
+def fits(text, f: str) -> bool:
+    """Whether text (a string or a list of characters) fits format f slot by slot."""
+    return len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))
+
+
 def _common_bar(cls, charset, off, formats):
     """A read that fits one of the ranked formats, with each bare bar (I) written as the digit 1 where
     a more common format wants a digit there and then fits; None when the read fits no format.
@@ -179,7 +184,7 @@ def _common_bar(cls, charset, off, formats):
     (br: an old plate's 1 is drawn as a bar; a Mercosur fifth I, the old digit 8, is one Mercosur
     plate in ten, and Mercosur plates are still the smaller part of the fleet; those are lost)."""
     text = [charset[c - off] for c in cls]
-    fitting = [i for i, f in enumerate(formats) if len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f))]
+    fitting = [i for i, f in enumerate(formats) if fits(text, f)]
     if not fitting:
         return None
     for f in formats[: fitting[0]]:
@@ -191,7 +196,7 @@ def _common_bar(cls, charset, off, formats):
 def _format_prior(probs, steps, cls, confs, charset, off, formats, ranked=True):
     text = [charset[c - off] for c in cls]
     if not ranked:
-        if any(len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f)) for f in formats):
+        if any(fits(text, f) for f in formats):
             return cls, confs  # already a known format: leave it alone
     else:
         settled = _common_bar(cls, charset, off, formats)
@@ -290,4 +295,4 @@ class PlateReader:
 
     def fits_format(self, text: str) -> bool:
         """Whether text fits one of the site's plate formats (False when it names none)."""
-        return any(len(f) == len(text) and all(slot_ok(ch, k) for ch, k in zip(text, f)) for f in self.formats)
+        return any(fits(text, f) for f in self.formats)
