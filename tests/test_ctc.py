@@ -78,7 +78,10 @@ def test_us_digit_bar_rule_writes_a_bar_after_a_digit_as_1():
     for read, want in [("KWV39I", "KWV391"), ("27578I4", "2757814"), ("24704I0", "2470410"),
                        ("I404MY", "I404MY"),  # a leading I is a letter (vanity plates start with one)
                        ("4303HI", "4303HI"), ("RFI947", "RFI947"),  # after a letter: a letter
-                       ("0I90T2", "0190T2"), ("12II", "12II"), ("7IA", "7IA")]:  # a bar before a letter stays
+                       ("0I90T2", "0190T2"), ("12II", "12II"), ("7IA", "7IA"),  # a bar before a letter stays
+                       # a leading bar before letters, in a serial with three digits or more: California's 1ABC234
+                       ("IAA4679", "1AA4679"), ("IADL132", "1ADL132"), ("INU656", "1NU656"),
+                       ("IM4REAL", "IM4REAL"), ("IR0NY", "IR0NY"), ("IMJSAYN", "IMJSAYN"), ("IAB12", "IAB12")]:
         r = ctc_greedy(probs("-".join(read)), CS)
         assert r.text == read
         out = apply_glyphs(r, {}, digit_bars=True)

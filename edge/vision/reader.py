@@ -72,8 +72,14 @@ REGION_GLYPHS = {"us": {"O": "0"}}
 # Regions whose serials put no letter I right after a digit: there a bare bar that follows a digit
 # and ends the plate or precedes another digit is the digit 1 (a 1 without its flag reads as I). In
 # the openalpr US crops no registration has such an I, and the reader wrote one for a 1 seven times.
+# Also a bare bar that opens a serial of letters then digits, where the plate holds three digits or
+# more: the leading digit of California's 1ABC234 series and Maryland's 1AB2345 is drawn as a plain
+# bar, and the reader wrote it as I for six of the openalpr US crops; the US vanity plates that open
+# with the letter I there (IM4REAL, IMJSAYN, IR0NY) carry fewer digits and are left alone.
 REGION_DIGIT_BARS = ("us",)
 _DIGIT_BAR = re.compile(r"(?<=[0-9])I(?=[0-9]|$)")
+_LEADING_BAR = re.compile(r"^I(?=[A-Z])")
+LEADING_BAR_MIN_DIGITS = 3
 # The most characters a region's registrations have (OpenALPR's postprocess_max_characters per
 # country): no US state issues more than 8, Brazil's plates have 7 and the UK's current ones 7. A
 # longer read in such a region is a sign, a dealer frame or a misread, not a registration. A site
@@ -130,6 +136,8 @@ def apply_glyphs(read: TextRead, glyphs: dict[str, str], digit_bars: bool = Fals
     text = read.text.translate(str.maketrans(glyphs)) if glyphs else read.text
     if digit_bars:
         text = _DIGIT_BAR.sub("1", text)
+        if sum(ch.isdigit() for ch in text) >= LEADING_BAR_MIN_DIGITS:
+            text = _LEADING_BAR.sub("1", text)
     return read if text == read.text else TextRead(text, read.confidence, read.char_confidences)
 
 

@@ -91,12 +91,12 @@ $PY -m models.train.refiner --out runs/refiner --export models/plate_refiner.onn
 # the verify band may cost at most 2 extra reads per image (the wide reader costs twice the small one per read;
 # session 15 measured a budget of 1, which turns the float pair's band off: see models/README.md)
 $PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx \
-  --refiner models/plate_refiner.onnx --verify-reads 2
+  --refiner models/plate_refiner.onnx --verify-reads 1
 $PY -m models.train.quantize --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx
 # the int8 pair's own threshold and verify band (the int8 detector scores a little differently)
 mkdir -p runs/int8 && cp models/plate_detector.int8.onnx runs/int8/plate_detector.onnx && cp models/plate_reader.int8.onnx runs/int8/plate_reader.onnx
 $PY -m models.train.calibrate --data "$DATA" --detector runs/int8/plate_detector.onnx --reader runs/int8/plate_reader.onnx \
-  --refiner models/plate_refiner.onnx --verify-reads 2
+  --refiner models/plate_refiner.onnx --verify-reads 1
 cp runs/int8/plate_detector.onnx models/plate_detector.int8.onnx
 .venv/bin/edge eval "$DATA/openalpr-endtoend" --out runs/eval.jsonl --threads 1
 .venv/bin/edge eval --crops "$DATA/openalpr-us-crops" --threads 1
