@@ -74,7 +74,7 @@ REGION_GLYPHS = {"us": {"O": "0"}}
 # the openalpr US crops no registration has such an I, and the reader wrote one for a 1 seven times.
 # Also a bare bar that opens a serial of letters then digits, where the plate holds three digits or
 # more: the leading digit of California's 1ABC234 series and Maryland's 1AB2345 is drawn as a plain
-# bar, and the reader wrote it as I for six of the openalpr US crops; the US vanity plates that open
+# bar, and the reader wrote it as I for five of the openalpr US crops; the US vanity plates that open
 # with the letter I there (IM4REAL, IMJSAYN, IR0NY) carry fewer digits and are left alone.
 REGION_DIGIT_BARS = ("us",)
 _DIGIT_BAR = re.compile(r"(?<=[0-9])I(?=[0-9]|$)")
