@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 THREADS ?= 1
 APT_PKGS := mosquitto fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-croscore
+# plate-like faces the reader's renderer may add (reader.py --more-fonts; models/train/render.py MORE_FONT_GLOBS)
+TRAIN_FONTS := fonts-opendin fonts-routed-gothic fonts-roboto-unhinted fonts-bebas-neue fonts-b612 fonts-open-sans
 
 .PHONY: setup setup-train system-packages demo test test-image image lint eval eval-crops bench models fixtures testset clean
 
@@ -22,6 +24,7 @@ setup: system-packages $(BIN)/edge
 
 # training extras (PyTorch CPU build from the local disk, onnx, Pillow)
 setup-train: setup
+	@bash deploy/host-packages.sh $(TRAIN_FONTS)
 	$(BIN)/pip install -q -e '.[test,train]'
 
 # The main job: replay a bundled fixture through the whole pipeline, publishing over MQTT

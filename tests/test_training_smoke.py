@@ -310,3 +310,67 @@ def test_refiner_training_smoke_resume_export(tmp_path):
         p = subprocess.run([sys.executable, "-m", "models.train.refiner", "--out", str(tmp_path / "r2"), *bad], cwd=ROOT,
                            capture_output=True, text=True)
         assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr
+
+
+def test_reader_rebuilt_from_its_onnx_reads_alike_and_finetunes_with_frozen_batch_norms(tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+
+    from models.train.reader import PlateReader as Net
+
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    common = ["--data", str(tmp_path / "none"), "--pseudo", str(tmp_path / "none.tsv"), "--batch", "4", "--val-size", "4",
+              "--backgrounds", "0"]
+    py("models.train.reader", *common, "--out", str(base), "--steps", "3", "--widths", "8,16,24,32")
+    py("models.train.reader", "--out", str(base), "--export", str(tmp_path / "r.onnx"))
+    py("models.train.reader", "--out", str(tmp_path / "back"), "--from-onnx", str(tmp_path / "r.onnx"))
+    st = torch.load(tmp_path / "back" / "ckpt.pt", map_location="cpu")
+    assert st["frozen_bn"] and st["step"] == 3 and st["widths"] == [8, 16, 24, 32]
+    net = Net(w=st["widths"])
+    net.load_state_dict(st["model"])
+    net.eval()
+    x = np.random.default_rng(0).random((2, 3, 48, 160)).astype(np.float32)
+    s = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"])
+    want = s.run(None, {s.get_inputs()[0].name: x})[0]
+    got = torch.softmax(net(torch.from_numpy(x)), -1).detach().numpy()
+    assert np.abs(got - want).max() < 1e-4  # the trained batch norms are folded into the rebuilt convolutions
+    # a fine-tune of the rebuilt checkpoint keeps its (identity) batch-norm statistics and learns the rest
+    ft.mkdir()
+    shutil.copy(tmp_path / "back" / "ckpt.pt", ft / "ckpt.pt")
+    r = py("models.train.reader", *common, "--out", str(ft), "--finetune", "--steps", "2", "--lr", "1e-3", "--more-fonts")
+    assert "batch norms frozen" in r.stdout
+    after = torch.load(ft / "ckpt.pt", map_location="cpu")
+    assert after["frozen_bn"] and after["step"] == 5
+    bn = "body.0.1"
+    assert torch.equal(after["model"][f"{bn}.running_mean"], st["model"][f"{bn}.running_mean"])
+    assert torch.equal(after["model"][f"{bn}.running_var"], st["model"][f"{bn}.running_var"])
+    assert not torch.equal(after["model"]["cls.weight"], st["model"]["cls.weight"])
+    # bad input: a missing file, and a model of another kind
+    bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "m"), "--from-onnx",
+                          str(tmp_path / "missing.onnx")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no such file" in bad.stderr and not (tmp_path / "m").exists()
+    bad = subprocess.run([sys.executable, "-m", "models.train.reader", "--out", str(tmp_path / "d"), "--from-onnx",
+                          str(ROOT / "models" / "plate_detector.onnx")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a plate-reader" in bad.stderr
+
+
+def test_more_fonts_are_opt_in_and_leave_the_default_plates_alone():
+    from models.train import render
+
+    rng = np.random.default_rng(7)
+    before = [render.render_plate(rng).image for _ in range(3)]
+    n = len(render.fonts())
+    try:
+        render.use_more_fonts()
+        assert len(render.fonts()) > n
+        assert all(f in render.fonts() for f in render._fonts_from(render.MORE_FONT_GLOBS))
+    except RuntimeError as e:  # the packages are not installed here: the message names them
+        assert "fonts-opendin" in str(e)
+    finally:
+        render._MORE_FONTS = False
+        render.fonts.cache_clear()
+    assert len(render.fonts()) == n
+    rng = np.random.default_rng(7)
+    assert all(np.array_equal(a, render.render_plate(rng).image) for a in before)

@@ -7,6 +7,11 @@ alignment. Outputs per-step class probabilities (blank = 0).
     python -m models.train.reader --out runs/reader --minutes 60 [--pseudo runs/pseudo.tsv]
     python -m models.train.reader --out runs/reader_ft --finetune ...        (continue a copied checkpoint)
     python -m models.train.reader --out runs/reader_avg --average runs/reader/ckpt.pt runs/reader_ft/ckpt.pt
+    python -m models.train.reader --out runs/reader_shipped --from-onnx models/plate_reader.onnx
+
+--from-onnx rebuilds a checkpoint from an exported reader (the export folds each batch norm into
+its convolution: the checkpoint's batch norms are identities carrying the folded bias, so a
+fine-tune of it must keep them frozen, --freeze-bn, which it then does by default).
 
 --average writes the weight average of two checkpoints of the same network (a base and its
 fine-tune: "WiSE-FT", Wortsman et al. 2022), which keeps what the base knew while taking in what
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 
 from models.train.boxdata import load_box_sets
 from models.train.common import Logger, git_commit, save_onnx_with_meta
-from models.train.render import degrade, loose_edges, plate_crop_sample
+from models.train.render import degrade, loose_edges, plate_crop_sample, use_more_fonts
 
 CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 IN_H, IN_W = 48, 160
@@ -69,6 +74,54 @@ class PlateReader(nn.Module):
 
 
 # ------------------------------------------------------------------ data
+
+
+def from_onnx(path: Path) -> tuple["PlateReader", dict]:
+    """A PlateReader whose function is that of an exported reader ONNX file, and the file's metadata.
+
+    The export folded each batch norm into the convolution before it (weights scaled, a bias added);
+    here the convolutions take the folded weights and each batch norm becomes an identity (mean 0,
+    variance 1 - eps, scale 1) whose shift is the folded bias."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    meta = {p.key: json.loads(p.value) for p in m.graph.metadata_props} if hasattr(m.graph, "metadata_props") else {}
+    meta.update({p.key: json.loads(p.value) for p in m.metadata_props})
+    if meta.get("kind") != "plate-reader":
+        raise SystemExit(f"--from-onnx {path}: not a plate-reader model (metadata kind={meta.get('kind')!r})")
+    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    convs = [(init[n.input[1]], init[n.input[2]] if len(n.input) > 2 else None) for n in m.graph.node if n.op_type == "Conv"]
+    model = PlateReader(w=meta.get("widths", (32, 64, 96, 128)))
+    mods = [mod for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d))]
+    pairs = []  # (conv, batch norm or None)
+    for i, mod in enumerate(mods):
+        if isinstance(mod, nn.Conv2d):
+            bn = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d) else None
+            pairs.append((mod, bn))
+    if len(pairs) != len(convs):
+        raise SystemExit(f"--from-onnx {path}: {len(convs)} convolutions, the network has {len(pairs)}")
+    with torch.no_grad():
+        for (conv, bn), (w, b) in zip(pairs, convs):
+            if tuple(conv.weight.shape) != w.shape:
+                raise SystemExit(f"--from-onnx {path}: a convolution of shape {w.shape}, the network's is {tuple(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(np.array(w)))
+            bias = torch.from_numpy(np.array(b)) if b is not None else torch.zeros(w.shape[0])
+            if bn is None:
+                conv.bias.copy_(bias)
+            else:
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(bias)
+    return model, meta
+
+
+def freeze_batch_norms(model: nn.Module) -> None:
+    """Batch norms in evaluation mode (their statistics fixed) while the rest trains."""
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.eval()
 
 
 def to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
@@ -294,10 +347,12 @@ def batches(first_step: int, workers: int):
             yield (step, *res.get())
 
 
-def checkpoint(model, opt, step, metrics, spent, start_step, light: bool) -> dict:
+def checkpoint(model, opt, step, metrics, spent, start_step, light: bool, frozen_bn: bool = False) -> dict:
     st = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "widths": list(model.widths),
           "step": step, "metrics": metrics, "spent": spent, "finetune_from": start_step or None}
-    if not light:
+    if frozen_bn:
+        st["frozen_bn"] = True
+    if not light and opt is not None:
         st["opt"] = opt.state_dict()
     return st
 
@@ -351,6 +406,11 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="torch device for the network (cpu, cuda)")
     ap.add_argument("--widths", default="32,64,96,128", help="channel widths of the four stages (a new network only)")
     ap.add_argument("--light-ckpt", action="store_true", help="checkpoints without the optimiser state (smaller)")
+    ap.add_argument("--more-fonts", action="store_true",
+                    help="synthetic plates also in the plate-like fonts of render.MORE_FONT_GLOBS (DIN, routed gothic, condensed)")
+    ap.add_argument("--from-onnx", type=Path, help="write OUT/ckpt.pt rebuilt from an exported reader (see from_onnx)")
+    ap.add_argument("--freeze-bn", action="store_true",
+                    help="keep batch-norm statistics fixed while training (on by default for a checkpoint made by --from-onnx)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", type=Path)
     ap.add_argument("--val-size", type=int, default=400, help="synthetic validation samples")
@@ -366,6 +426,23 @@ def main(argv=None):
             raise SystemExit(f"--{name.replace('_', '-')}: a share, expected 0..1, got {getattr(a, name)}")
     if a.average:
         return average(a)
+    if a.from_onnx:
+        if not a.from_onnx.is_file():
+            raise SystemExit(f"--from-onnx {a.from_onnx}: no such file")
+        model, meta = from_onnx(a.from_onnx)
+        a.out.mkdir(parents=True, exist_ok=True)
+        metrics = dict(meta.get("metrics") or {})
+        step = int(meta.get("train_steps", metrics.get("step", 0)))
+        st = checkpoint(model, None, step, metrics, 0.0, 0, True, frozen_bn=True)  # folded identities: a fine-tune keeps them so
+        st["from_onnx"] = str(a.from_onnx)
+        torch.save(st, a.out / "ckpt.pt")
+        Logger(a.out / "train.log")(f"rebuilt from {a.from_onnx} (step {step}, widths {list(model.widths)})")
+        return
+    if a.more_fonts:
+        try:
+            use_more_fonts()
+        except RuntimeError as e:
+            raise SystemExit(f"--more-fonts: {e}") from None
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     log = Logger(a.out / "train.log")
@@ -385,10 +462,11 @@ def main(argv=None):
     except (RuntimeError, AssertionError) as e:
         raise SystemExit(f"--device {a.device}: {e}") from None
     step, metrics, spent = 0, {}, 0.0
+    frozen_bn = a.freeze_bn or bool(st and st.get("frozen_bn"))
     if st:
         model.load_state_dict(st["model"])
         step, metrics, spent = st["step"], st.get("metrics", {}), st.get("spent", 0.0)
-        log(f"resumed from step {step}")
+        log(f"resumed from step {step}" + (" (batch norms frozen)" if frozen_bn else ""))
     start_step = 0
     if a.finetune and not ck.exists():
         raise SystemExit(f"--finetune needs a checkpoint in {a.out}")
@@ -450,6 +528,8 @@ def main(argv=None):
         bstep, imgs, texts, us = next(feed_all)
         assert bstep == step
         x = torch.from_numpy(imgs).to(dev).permute(0, 3, 1, 2).float() / 255.0
+        if frozen_bn:
+            freeze_batch_norms(model)  # (the validation's read_all puts the whole model back in training mode)
         logits = model(x)
         lp = F.log_softmax(logits.float(), -1).permute(1, 0, 2)  # T, N, C
         if a.us_o_zero == "merge":
@@ -471,9 +551,9 @@ def main(argv=None):
             if val_neg:
                 metrics["val_negative_rejected"] = round(rejected(model, val_neg), 4)
             log(f"eval {json.dumps(metrics)}")
-            torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt), ck)
+            torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt, frozen_bn), ck)
     feed.close()
-    torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt), ck)
+    torch.save(checkpoint(model, opt, step, metrics, time.time() - t_start, start_step, a.light_ckpt, frozen_bn), ck)
     log(f"stopped at step {step}")
 
 
@@ -520,6 +600,8 @@ def average(a) -> None:
     if len(alphas) > 1:
         log(f"kept alpha {alpha:g} (best mean of the two validation sets)")
     out = {"model": sd, "widths": list(base.get("widths", (32, 64, 96, 128))), "step": ft["step"], "metrics": metrics, "spent": 0.0}
+    if base.get("frozen_bn") or ft.get("frozen_bn"):
+        out["frozen_bn"] = True
     if "opt" in ft:
         out["opt"] = ft["opt"]
     torch.save(out, a.out / "ckpt.pt")

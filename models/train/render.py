@@ -37,6 +37,22 @@ FONT_GLOBS = [
     "/usr/share/fonts/truetype/croscore/Cousine-Bold.ttf",
 ]
 
+# Plate-like faces (Debian packages fonts-opendin, fonts-routed-gothic, fonts-roboto-unhinted,
+# fonts-bebas-neue, fonts-b612, fonts-open-sans): a DIN, a routed stroke font (its 1 a bare bar),
+# condensed grotesques. Off unless use_more_fonts() is called (reader.py --more-fonts), so the
+# plates every seed draws, the fixtures' and the tests' included, stay as they were.
+MORE_FONT_GLOBS = [
+    "/usr/share/fonts/truetype/opendin/OSP-DIN.ttf",
+    "/usr/share/fonts/truetype/routed-gothic/routed-gothic.ttf",
+    "/usr/share/fonts/truetype/routed-gothic/routed-gothic-narrow.ttf",
+    "/usr/share/fonts/truetype/roboto/unhinted/RobotoCondensed-Bold.ttf",
+    "/usr/share/fonts/opentype/bebas-neue/BebasNeue-Bold.otf",
+    "/usr/share/fonts/opentype/b612/B612-Bold.otf",
+    "/usr/share/fonts/opentype/b612/B612Mono-Bold.otf",
+    "/usr/share/fonts/truetype/open-sans/OpenSans-CondBold.ttf",
+]
+_MORE_FONTS = False
+
 US_STATES = [
     "CALIFORNIA", "TEXAS", "FLORIDA", "NEW YORK", "ILLINOIS", "OHIO", "GEORGIA", "MICHIGAN", "ARIZONA",
     "NEVADA", "OREGON", "WASHINGTON", "COLORADO", "UTAH", "ALASKA", "MAINE", "VERMONT", "IOWA", "KANSAS",
@@ -53,14 +69,34 @@ EU_CODES = ["D", "F", "I", "NL", "B", "PL", "RO", "CZ", "E", "P", "A", "S", "GB"
 BR_CITIES = ["SAO PAULO", "RIO DE JANEIRO", "CURITIBA", "BELO HORIZONTE", "PORTO ALEGRE", "SALVADOR", "RECIFE"]
 
 
-@lru_cache(maxsize=1)
-def fonts() -> list[str]:
+def use_more_fonts() -> None:
+    """Draw plates in MORE_FONT_GLOBS' faces too (fails when none of them is installed)."""
+    global _MORE_FONTS
+    _MORE_FONTS = True
+    fonts.cache_clear()
+    base = len(_fonts_from(FONT_GLOBS))
+    if len(fonts()) == base:
+        raise RuntimeError("none of the plate-like fonts is installed (make setup-train installs them: " + " ".join(MORE_FONT_PACKAGES) + ")")
+
+
+MORE_FONT_PACKAGES = ("fonts-opendin", "fonts-routed-gothic", "fonts-roboto-unhinted", "fonts-bebas-neue", "fonts-b612", "fonts-open-sans")
+
+
+def _fonts_from(globs) -> list[str]:
     out: list[str] = []
     here = os.environ.get("PLATE_FONTS")  # a folder holding copies of these fonts (a machine without the packages)
-    for g in FONT_GLOBS:
+    for g in globs:
         out.extend(sorted(glob.glob(os.path.join(here, os.path.basename(g)) if here else g)))
+    return out
+
+
+@lru_cache(maxsize=1)
+def fonts() -> list[str]:
+    out = _fonts_from(FONT_GLOBS)
     if not out:
         raise RuntimeError("no plate fonts found: install fonts-dejavu-core (apt-get install fonts-dejavu-core)")
+    if _MORE_FONTS:
+        out += _fonts_from(MORE_FONT_GLOBS)
     return out
 
 
