@@ -86,8 +86,7 @@ def from_onnx(path: Path) -> tuple["PlateReader", dict]:
     from onnx import numpy_helper
 
     m = onnx.load(str(path))
-    meta = {p.key: json.loads(p.value) for p in m.graph.metadata_props} if hasattr(m.graph, "metadata_props") else {}
-    meta.update({p.key: json.loads(p.value) for p in m.metadata_props})
+    meta = {p.key: json.loads(p.value) for p in m.metadata_props}
     if meta.get("kind") != "plate-reader":
         raise SystemExit(f"--from-onnx {path}: not a plate-reader model (metadata kind={meta.get('kind')!r})")
     init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
