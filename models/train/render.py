@@ -72,11 +72,10 @@ BR_CITIES = ["SAO PAULO", "RIO DE JANEIRO", "CURITIBA", "BELO HORIZONTE", "PORTO
 def use_more_fonts() -> None:
     """Draw plates in MORE_FONT_GLOBS' faces too (fails when none of them is installed)."""
     global _MORE_FONTS
+    if not _fonts_from(MORE_FONT_GLOBS):
+        raise RuntimeError("none of the plate-like fonts is installed (make setup-train installs them: " + " ".join(MORE_FONT_PACKAGES) + ")")
     _MORE_FONTS = True
     fonts.cache_clear()
-    base = len(_fonts_from(FONT_GLOBS))
-    if len(fonts()) == base:
-        raise RuntimeError("none of the plate-like fonts is installed (make setup-train installs them: " + " ".join(MORE_FONT_PACKAGES) + ")")
 
 
 MORE_FONT_PACKAGES = ("fonts-opendin", "fonts-routed-gothic", "fonts-roboto-unhinted", "fonts-bebas-neue", "fonts-b612", "fonts-open-sans")
