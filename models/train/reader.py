@@ -76,7 +76,7 @@ class PlateReader(nn.Module):
 # ------------------------------------------------------------------ data
 
 
-def from_onnx(path: Path) -> tuple["PlateReader", dict]:
+def from_onnx(path: Path) -> tuple[PlateReader, dict]:
     """A PlateReader whose function is that of an exported reader ONNX file, and the file's metadata.
 
     The export folded each batch norm into the convolution before it (weights scaled, a bias added);
