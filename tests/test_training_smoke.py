@@ -1,5 +1,6 @@
 """A tiny run of each training script (training itself is not run in CI)."""
 
+import re
 import subprocess
 import sys
 
@@ -181,16 +182,24 @@ def test_wide_reader_with_batch_workers_from_a_packed_copy(tmp_path):
         rows.append("\t".join([str(data / "ro-dashcam-voc" / "train" / "images" / (xml.stem + ".jpg")), *b, "AB123",
                                "0.99", "one", "ro-dashcam-voc"]))
     (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    # a review: the first crop's label was wrong (-), and a crop the labelling missed is labelled by eye
+    f0 = rows[0].split("\t")
+    rel = f0[0].split("/data/")[1]
+    (tmp_path / "review.tsv").write_text("\t".join([rel, *f0[1:5], "-"]) + "\n"
+                                         + "\t".join([rel, "1.0", "2.0", "60.0", "20.0", "CD45"]) + "\n")
     packed = tmp_path / "packed"
     r = py("models.train.pack", "--data", str(data), "--pseudo", str(tmp_path / "p.tsv"), "--out", str(packed),
-           "--backgrounds", "3")
-    assert "6 crops" in r.stdout and len(list((packed / "bg").iterdir())) == 3 and list((packed / "fonts").iterdir())
+           "--backgrounds", "3", "--review", str(tmp_path / "review.tsv"))
+    assert "7 crops" in r.stdout and len(list((packed / "bg").iterdir())) == 3 and list((packed / "fonts").iterdir())
+    texts = []
     for line in (packed / "pseudo.tsv").read_text().splitlines():
         f = line.split("\t")
-        assert len(f) == 10 and f[9].endswith(".jpg") and f[5] == "AB123"
+        assert len(f) == 10 and f[9].endswith(".jpg")
+        texts.append((f[5], f[7]))
         crop = cv2.imread(f[0])
         x1, y1, x2, y2 = map(float, f[1:5])
         assert 0 <= x1 < x2 <= crop.shape[1] and 0 <= y1 < y2 <= crop.shape[0]
+    assert sorted(texts) == sorted([("-", "one")] + [("AB123", "one")] * 5 + [("CD45", "review")])
     env = {**os.environ, "PLATE_FONTS": str(packed / "fonts")}
     out = tmp_path / "wide"
     cmd = [sys.executable, "-m", "models.train.reader", "--data", str(packed / "bg"), "--pseudo", str(packed / "pseudo.tsv"),
@@ -198,7 +207,8 @@ def test_wide_reader_with_batch_workers_from_a_packed_copy(tmp_path):
            "--light-ckpt"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "real crops train 6 val 0; backgrounds 3" in r.stdout and "2 batch workers" in r.stdout
+    m = re.search(r"real crops train (\d) val (\d); backgrounds 3", r.stdout)
+    assert m and int(m[1]) + int(m[2]) == 6 and "2 batch workers" in r.stdout
     st = torch.load(out / "ckpt.pt", map_location="cpu")
     assert st["widths"] == [8, 8, 16, 24] and st["step"] == 3 and "opt" not in st
     py("models.train.reader", "--out", str(out), "--export", str(tmp_path / "w.onnx"))
@@ -374,3 +384,55 @@ def test_more_fonts_are_opt_in_and_leave_the_default_plates_alone():
     assert len(render.fonts()) == n
     rng = np.random.default_rng(7)
     assert all(np.array_equal(a, render.render_plate(rng).image) for a in before)
+
+
+def test_review_replaces_or_drops_pseudo_labels_and_keeps_the_split(tmp_path):
+    """Labels checked by eye replace a pseudo-label or drop its crop (-); --strict-ro restores an
+    Ilfov plate's lost I and drops a Romanian label that fits no format; a photo whose crops are all
+    dropped keeps its place, so the held-out photos stay the same; a malformed review is one line."""
+    from models.train.reader import RealCrops, load_review, ro_label
+
+    rows, review = [], ["# comment"]
+    for i in range(40):
+        src = "ro-dashcam-voc" if i % 2 else "openimages-plates"
+        photo = f"/x/datasets/{src}/images/p{i}.jpg"
+        text = ("F10KAX" if i % 4 == 1 else "TR95XM" if i % 4 == 3 else f"AB{i:03d}")
+        rows.append("\t".join([photo, "10.0", "20.4", "60.6", "35.0", text, "0.99", "one", src]))
+        if i % 4 == 0:
+            review.append("\t".join([f"{src}/images/p{i}.jpg", "10.0", "20.4", "60.6", "35.0", "-" if i % 8 == 0 else "CD123"]))
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("\n".join(rows) + "\n")
+    (tmp_path / "r.tsv").write_text("\n".join(review) + "\n")
+    plain = RealCrops(tsv)
+    rev = load_review(tmp_path / "r.tsv")
+    assert len(rev) == 10
+    kept = RealCrops(tsv, review=rev, strict_ro=True)
+    texts = sorted(t[5] for t in kept.train + kept.val)
+    assert texts == sorted(["CD123"] * 5 + [f"AB{i:03d}" for i in range(2, 40, 4)] + ["IF10KAX"] * 10) and kept.dropped == 15
+    # the held-out photos are the same photos with or without the review
+    assert {t[0] for t in kept.val} <= {t[0] for t in plain.val}
+    assert {t[0] for t in kept.train} <= {t[0] for t in plain.train}
+    # a crop labelled by eye that the pseudo-labels lack is added (its photo split by a hash of its path)
+    (tmp_path / "r2.tsv").write_text("\n".join(review + ["us-plates-roboflow/images/q.jpg\t1.0\t2.0\t50.0\t20.0\tNEW1"]) + "\n")
+    more = RealCrops(tsv, review=load_review(tmp_path / "r2.tsv"), strict_ro=True, root=tmp_path / "datasets")
+    new = [t for t in more.train + more.val if t[5] == "NEW1"]
+    assert more.added == 1 and len(new) == 1 and new[0][0] == str(tmp_path / "datasets" / "us-plates-roboflow/images/q.jpg")
+    assert new[0][6] is True  # a US set's crop
+    assert RealCrops(tsv, review=load_review(tmp_path / "r2.tsv")).added == 0  # without the datasets folder, nothing added
+    assert ro_label("B123ABC") == "B123ABC" and ro_label("SB014882") == "SB014882" and ro_label("AGDIBKN") is None
+    (tmp_path / "bad.tsv").write_text("ro-dashcam-voc/a.jpg\t1\t2\t3\t4\tab c\n")
+    with pytest.raises(SystemExit, match="bad.tsv:1"):
+        load_review(tmp_path / "bad.tsv")
+    with pytest.raises(SystemExit, match="not found"):
+        load_review(tmp_path / "missing.tsv")
+
+
+def test_committed_review_file_is_well_formed():
+    from models.train.reader import load_review
+
+    path = ROOT / "models" / "train" / "reviewed_labels.tsv"
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rev = load_review(path)
+    assert len(rev) == len(lines) > 1000  # one entry per crop, no key twice
+    assert 0.2 < sum(v is None for v in rev.values()) / len(rev) < 0.35
+    assert all(k[0].split("/")[0] in ("openimages-plates", "us-plates-roboflow") for k in rev)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 
-from models.train.reader import backgrounds
+from models.train.reader import backgrounds, load_review, photo_key, review_additions, reviewed_text
 from models.train.render import fonts
 
 
@@ -28,7 +28,11 @@ def main(argv=None):
     ap.add_argument("--pseudo", type=Path, default=Path("runs/pseudo2.tsv"))
     ap.add_argument("--out", type=Path, default=Path(".gpu"))
     ap.add_argument("--backgrounds", type=int, default=200)
+    ap.add_argument("--review", type=Path, help="labels checked by eye (reader.py --review): applied here, as the packed copy "
+                    "moves the boxes; a dropped crop is written with the text - so that its photo keeps its place in the split")
+    ap.add_argument("--strict-ro", action="store_true", help="as reader.py --strict-ro, applied here")
     a = ap.parse_args(argv)
+    review = load_review(a.review) if a.review else None
     if not a.pseudo.is_file():
         raise SystemExit(f"--pseudo: no such file: {a.pseudo}")
     for sub in ("fonts", "bg", "crops"):
@@ -37,11 +41,11 @@ def main(argv=None):
         shutil.copy(f, a.out / "fonts" / Path(f).name)
     for i, im in enumerate(backgrounds(a.data, a.backgrounds)):
         cv2.imwrite(str(a.out / "bg" / f"{i:04d}.jpg"), im[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    rows = [line.split("\t") for line in a.pseudo.read_text().splitlines()]
+    rows = [f for f in rows if len(f) >= 6]
+    rows += review_additions(review, {photo_key(f[0], f[1:5]) for f in rows}, a.data)  # crops labelled by eye only
     lines = []
-    for n, line in enumerate(a.pseudo.read_text().splitlines()):
-        f = line.split("\t")
-        if len(f) < 6:
-            continue
+    for n, f in enumerate(rows):
         im = cv2.imread(f[0])
         if im is None:
             raise SystemExit(f"{a.pseudo}: cannot read image {f[0]}")
@@ -56,6 +60,7 @@ def main(argv=None):
         path = a.out / "crops" / f"{n:05d}.jpg"
         cv2.imwrite(str(path), cut, [cv2.IMWRITE_JPEG_QUALITY, 95])
         rest = f[5:9] + [""] * (4 - len(f[5:9]))
+        rest[0] = reviewed_text(f[0], f[1:5], f[5], review, a.strict_ro) or "-"
         box = [(x1 - cx) * s, (y1 - cy) * s, (x2 - cx) * s, (y2 - cy) * s]
         lines.append("\t".join([str(path), *(f"{v:.1f}" for v in box), *rest, f[0]]))
     (a.out / "pseudo.tsv").write_text("\n".join(lines) + "\n")

@@ -27,7 +27,9 @@ import json
 import math
 import multiprocessing as mp
 import random
+import re
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -127,32 +129,137 @@ def to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
 
 
-class RealCrops:
-    """Pseudo-labelled crops of real photos (see pseudolabel.py), cut with a jittered box."""
+BOX_SETS = ("ro-dashcam-voc", "openimages-plates", "us-plates-roboflow")
+# Romanian registrations: county code and two digits (Bucharest: B and two or three) and three letters,
+# or a temporary plate's county code and six digits. A pseudo-label of a ro-dashcam-voc crop that
+# fits none of these is wrong; 'F' and two digits is an Ilfov plate (IF) whose narrow I was dropped.
+RO_FORMAT = re.compile(r"^(B\d{2,3}[A-Z]{3}|[A-Z]{2}\d{2}[A-Z]{3}|[A-Z]{1,2}\d{6})$")
+RO_ILFOV_DROPPED = re.compile(r"^F\d{2}[A-Z]{3}$")
 
-    def __init__(self, tsv: Path | None, val_frac=0.08, seed=0):
+
+def photo_key(path: str, box) -> tuple[str, int, int, int, int]:
+    """A crop's key in a review file: the photo's path from its box set's folder on, and its box."""
+    for s in BOX_SETS:
+        k = path.find(s + "/")
+        if k >= 0:
+            path = path[k:]
+            break
+    return (path, *(int(round(float(v))) for v in box))
+
+
+def load_review(path: Path | None) -> dict:
+    """Labels checked by eye (models/train/reviewed_labels.tsv): crop key -> text, or None where the
+    pseudo-label was wrong and the plate cannot be read with certainty. The photo's path and box are
+    kept too (`review_additions`)."""
+    out = ReviewLabels()
+    if path is None:
+        return out
+    if not path.exists():
+        raise SystemExit(f"--review: {path} not found")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        f = line.split("\t")
+        if len(f) != 6 or not (f[5] == "-" or re.fullmatch(r"[A-Z0-9]{1,10}", f[5])):
+            raise SystemExit(f"--review: {path}:{n}: expected photo, x1, y1, x2, y2 and a text of A-Z0-9 or -")
+        key = photo_key(f[0], f[1:5])
+        out[key] = None if f[5] == "-" else f[5]
+        out.boxes[key] = (f[0], tuple(float(v) for v in f[1:5]))
+    return out
+
+
+class ReviewLabels(dict):
+    """crop key -> text (None: drop the crop), and crop key -> (photo under the datasets folder, box)."""
+
+    def __init__(self):
+        super().__init__()
+        self.boxes: dict = {}
+
+
+def review_additions(review: dict | None, seen: set, root: Path) -> list[list[str]]:
+    """Pseudo-label rows (pseudolabel.py's columns, kind 'review') for the crops labelled by eye that
+    the pseudo-label file does not hold: plates the labelling did not keep."""
+    rows = []
+    for key, text in (review or {}).items():
+        if text is None or key in seen:
+            continue
+        rel, box = review.boxes[key]
+        source = rel.split("/")[0]
+        rows.append([str(root / rel), *(f"{v:.1f}" for v in box), text, "1.000", "review", source])
+    return rows
+
+
+def held_out_by_hash(photo: str, val_frac: float) -> bool:
+    """The held-out split of a photo added by the review: by a hash of its path, so that adding it
+    moves no other photo between the splits."""
+    return zlib.crc32(photo.encode()) % 1000 < val_frac * 1000
+
+
+def ro_label(text: str) -> str | None:
+    """A ro-dashcam-voc pseudo-label made to fit a Romanian format (see RO_FORMAT), or None."""
+    if RO_ILFOV_DROPPED.match(text):
+        text = "I" + text
+    return text if RO_FORMAT.match(text) else None
+
+
+def reviewed_text(photo: str, box, text: str, review: dict | None, strict_ro: bool) -> str | None:
+    """A pseudo-label after the review (load_review) and, with strict_ro, the Romanian formats; None: drop it."""
+    if review:
+        text = review.get(photo_key(photo, box), text)
+    if text and strict_ro and "ro-dashcam-voc" in photo:
+        text = ro_label(text)
+    return text or None
+
+
+class RealCrops:
+    """Pseudo-labelled crops of real photos (see pseudolabel.py), cut with a jittered box.
+
+    `review`: labels checked by eye (load_review) replace the pseudo-labels of the crops they name,
+    and drop the crops they mark as wrong; `strict_ro`: ro-dashcam-voc labels must fit a Romanian
+    format (ro_label)."""
+
+    def __init__(self, tsv: Path | None, val_frac=0.08, seed=0, review: dict | None = None, strict_ro: bool = False,
+                 root: Path | None = None):
         self.train: list[tuple] = []
         self.val: list[tuple] = []
         self.cache: dict[str, np.ndarray] = {}
+        self.dropped = self.added = 0
         if tsv is None or not tsv.exists():
             return
         rng = random.Random(seed)
         by_img: dict[str, list] = {}
-        for line in tsv.read_text().splitlines():
-            f = line.split("\t")
+        lines = [line.split("\t") for line in tsv.read_text().splitlines()]
+        if review and root is not None:  # root: the datasets folder, where the review's photos are
+            seen = {photo_key(f[9] if len(f) > 9 else f[0], f[1:5]) for f in lines if len(f) >= 6}
+            lines += review_additions(review, seen, root)
+        added: list[tuple] = []
+        for f in lines:
             if len(f) < 6:
                 continue
             text = f[5]
+            photo = f[9] if len(f) > 9 else f[0]
+            if len(f) > 9:  # a packed copy (pack.py) was reviewed when it was packed: - marks a dropped crop
+                text = None if text == "-" else text
+            else:
+                text = reviewed_text(photo, f[1:5], text, review, strict_ro)
+            # a photo whose crops are all dropped keeps its place in the split; one added by the review takes none
+            group = added if len(f) > 7 and f[7] == "review" else by_img.setdefault(photo, [])
+            if not text:
+                self.dropped += 1
+                continue
             us = "us-plates-roboflow" in f[0] or (len(f) > 8 and f[8] == "us-plates-roboflow")
             if us:
                 text = text.replace("O", "0")  # a US set: US plates draw O and 0 alike and records write 0
             # column 10, where present (a packed copy, pack.py), names the photo the crop was cut from
-            by_img.setdefault(f[9] if len(f) > 9 else f[0], []).append((f[0], *map(float, f[1:5]), text, us))
+            group.append((f[0], *map(float, f[1:5]), text, us, photo))
         keys = sorted(by_img)
         rng.shuffle(keys)
         nval = int(len(keys) * val_frac)
         for i, k in enumerate(keys):
-            (self.val if i < nval else self.train).extend(by_img[k])
+            (self.val if i < nval else self.train).extend(it[:7] for it in by_img[k])
+        for it in added:
+            (self.val if held_out_by_hash(it[7], val_frac) else self.train).append(it[:7])
+        self.added = len(added)
 
     def image(self, path: str) -> np.ndarray:
         im = self.cache.get(path)
@@ -381,6 +488,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets"))
     ap.add_argument("--pseudo", type=Path, default=Path("runs/pseudo.tsv"))
+    ap.add_argument("--review", type=Path,
+                    help="labels checked by eye (models/train/reviewed_labels.tsv): they replace the pseudo-labels of the "
+                         "crops they name and drop those they mark -")
+    ap.add_argument("--strict-ro", action="store_true",
+                    help="drop ro-dashcam-voc pseudo-labels that fit no Romanian format (an 'F' county is IF with its I lost)")
     ap.add_argument("--out", type=Path, default=Path("runs/reader"))
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--steps", type=int, default=8000)
@@ -498,8 +610,9 @@ def main(argv=None):
         log(f"exported {a.export}")
         return
     bgs = backgrounds(a.data, a.backgrounds) if a.data.exists() and a.backgrounds else []
-    real = RealCrops(a.pseudo)
-    log(f"real crops train {len(real.train)} val {len(real.val)}; backgrounds {len(bgs)}")
+    real = RealCrops(a.pseudo, review=load_review(a.review), strict_ro=a.strict_ro, root=a.data)
+    log(f"real crops train {len(real.train)} val {len(real.val)}; backgrounds {len(bgs)}"
+        + (f"; review: {real.dropped} pseudo-labels dropped, {real.added} crops added" if a.review or a.strict_ro else ""))
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
     val_real = [(*real.sample(it, None), it[6]) for it in real.val]
@@ -570,7 +683,7 @@ def average(a) -> None:
     if not alphas or not all(0.0 <= x <= 1.0 for x in alphas):
         raise SystemExit(f"--alpha: each weight must lie in 0..1, got {a.alpha!r}")
     bgs = backgrounds(a.data, a.backgrounds) if a.data.exists() and a.backgrounds else []
-    real = RealCrops(a.pseudo)
+    real = RealCrops(a.pseudo, review=load_review(a.review), strict_ro=a.strict_ro, root=a.data)
     vrng = np.random.default_rng(12345)
     val_syn = [plate_crop_sample(vrng, IN_W, IN_H, bgs[int(vrng.integers(len(bgs)))] if bgs else None) for _ in range(a.val_size)]
     val_real = [(*real.sample(it, None), it[6]) for it in real.val]
