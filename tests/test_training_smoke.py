@@ -433,6 +433,6 @@ def test_committed_review_file_is_well_formed():
     path = ROOT / "models" / "train" / "reviewed_labels.tsv"
     lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
     rev = load_review(path)
-    assert len(rev) == len(lines) > 1000  # one entry per crop, no key twice
-    assert 0.2 < sum(v is None for v in rev.values()) / len(rev) < 0.35
+    assert len(rev) == len(lines) > 1400  # one entry per crop, no key twice
+    assert 0.1 < sum(v is None for v in rev.values()) / len(rev) < 0.35
     assert all(k[0].split("/")[0] in ("openimages-plates", "us-plates-roboflow") for k in rev)
