@@ -104,12 +104,15 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --out runs/r
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --out runs/reader_ft7_avg \
   --average runs/reader_oz_avg/ckpt.pt runs/reader_ft7/ckpt.pt --alpha 0.3,0.5
 
-# 6d. the reader that ships since session 18: step 6c's reader fine-tuned on the same round with its
+# 6d. session 18's candidate reader: step 6c's reader fine-tuned on the same round with its
 #     labels checked by eye (models/train/reviewed_labels.tsv: 292 wrong pseudo-labels dropped, 266
 #     crops the labelling missed added) and the Romanian labels held to Romanian formats (--strict-ro),
 #     then averaged with step 6c's reader at the weight the training-side validation prefers.
-#     The shipped run: 2,490 steps in 70 minutes (2 threads, 1 batch worker); the step count
+#     The session-18 run: 2,490 steps in 70 minutes (2 threads, 1 batch worker); the step count
 #     follows a step schedule instead of the clock. The validation kept 0.5.
+#     NOT SHIPPED: it misreads the fixture clip 02_lane_speed (02ZYA4 as O2ZYA4; tests/test_replay.py), so
+#     it runs only with CANDIDATES=1 and step 7 exports step 6c's reader (models/README.md, session 18).
+if [ "${CANDIDATES:-0}" = 1 ]; then
 if [ ! -f runs/reader_ft8/ckpt.pt ]; then
   mkdir -p runs/reader_ft8 && cp runs/reader_ft7_avg/ckpt.pt runs/reader_ft8/ckpt.pt
 fi
@@ -118,6 +121,7 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review mod
   --threads "$THREADS" --workers "${WORKERS:-1}" --minutes 100000 --steps $(( $(ckpt_step runs/reader_ft7_avg/ckpt.pt) + 2490 ))
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review models/train/reviewed_labels.tsv --strict-ro \
   --out runs/reader_ft8_avg --average runs/reader_ft7_avg/ckpt.pt runs/reader_ft8/ckpt.pt --alpha 0,0.3,0.5,0.7,1
+fi
 
 # 6b. the box refiner (session 15): moves each detector box onto the plate's labelled edges before
 #     it is read; trained on the detector's training photos, the detector's held-out photos kept out
@@ -125,7 +129,7 @@ $PY -m models.train.refiner --data "$DATA" --out runs/refiner --minutes 45 --ste
 
 # 7. export with metadata, quantize, score
 $PY -m models.train.detector --out runs/detector_syn --export models/plate_detector.onnx
-$PY -m models.train.reader --out runs/reader_ft8_avg --export models/plate_reader.onnx
+$PY -m models.train.reader --out runs/reader_ft7_avg --export models/plate_reader.onnx
 $PY -m models.train.refiner --out runs/refiner --export models/plate_refiner.onnx
 # the verify band may cost at most 1 extra read per image (since session 16; 2 before): with the refiner no
 # band for the float pair gains held-out recall within it, so it has none (see models/README.md)
