@@ -237,6 +237,7 @@ class RealCrops:
             if len(f) < 6:
                 continue
             text = f[5]
+            # column 10, where present (a packed copy, pack.py), names the photo the crop was cut from
             photo = f[9] if len(f) > 9 else f[0]
             if len(f) > 9:  # a packed copy (pack.py) was reviewed when it was packed: - marks a dropped crop
                 text = None if text == "-" else text
@@ -250,7 +251,6 @@ class RealCrops:
             us = "us-plates-roboflow" in f[0] or (len(f) > 8 and f[8] == "us-plates-roboflow")
             if us:
                 text = text.replace("O", "0")  # a US set: US plates draw O and 0 alike and records write 0
-            # column 10, where present (a packed copy, pack.py), names the photo the crop was cut from
             group.append((f[0], *map(float, f[1:5]), text, us, photo))
         keys = sorted(by_img)
         rng.shuffle(keys)
