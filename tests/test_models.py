@@ -162,6 +162,25 @@ def test_region_max_chars_drops_reads_longer_than_the_region_issues():
     assert not rec.accepts(0.9, eight)
 
 
+def test_region_min_chars_drops_reads_shorter_than_the_region_issues():
+    from edge.vision.reader import TextRead, min_chars_for
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    assert min_chars_for(()) is None and min_chars_for(("br",)) == 7 and min_chars_for(("us",)) is None
+    assert min_chars_for(("br", "us")) is None  # the US issues shorter plates: the config's floor holds
+    four, six, seven = (TextRead(t, 0.97, (0.97,) * len(t)) for t in ("JATK", "ABC123", "ABC1D23"))
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("br",)))
+    assert rec.reader.min_chars == 7
+    assert rec.accepts(0.9, seven) and not rec.accepts(0.9, six) and not rec.accepts(0.9, four)
+    saved = rec.reader.conventions
+    rec.reader.set_regions(("us",))
+    assert rec.accepts(0.9, four) and rec.accepts(0.9, six)
+    rec.reader.conventions = saved
+    assert not rec.accepts(0.9, six)
+    with pytest.raises(ValueError, match="unknown region 'xx'"):
+        rec.reader.set_regions(("xx",))
+
+
 def test_calibration_system_score_counts_the_verify_rule():
     pytest.importorskip("torch", reason="models.train needs the [train] extra")
     from models.train.calibrate import system_score

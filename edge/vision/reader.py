@@ -85,7 +85,13 @@ LEADING_BAR_MIN_DIGITS = 3
 # longer read in such a region is a sign, a dealer frame or a misread, not a registration. A site
 # that names several regions allows the longest of theirs; a site that names none allows 10.
 REGION_MAX_CHARS = {"us": 8, "br": 7, "uk": 7}
-KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS) | set(REGION_MAX_CHARS)))
+# The fewest characters a region's registrations have (OpenALPR's postprocess_min_characters): every
+# Brazilian plate, the old grey series and Mercosur alike, has exactly 7. A shorter read there is a
+# badge, a sticker or part of a plate, not a registration. A site that names several regions allows
+# the shortest of theirs; a region not listed here leaves RecognizerConfig.min_length (4) in force.
+REGION_MIN_CHARS = {"br": 7}
+KNOWN_REGIONS = tuple(sorted(set(REGION_FORMATS) | set(REGION_GLYPHS) | set(REGION_DIGIT_BARS) | set(REGION_MAX_CHARS)
+                             | set(REGION_MIN_CHARS)))
 MAX_SWAPS = 2  # a read that needs more look-alike swaps to fit a format is not one of its plates
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 TO_DIGIT = {"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "J": "1", "Z": "2", "S": "5", "B": "8", "G": "6", "T": "7"}
@@ -124,6 +130,14 @@ def max_chars_for(regions) -> int | None:
     if not regions or any(r not in REGION_MAX_CHARS for r in regions):
         return None
     return max(REGION_MAX_CHARS[r] for r in regions)
+
+
+def min_chars_for(regions) -> int | None:
+    """The shortest registration the named regions issue (None: not known for every one of them)."""
+    regions = _check_regions(regions)
+    if not regions or any(r not in REGION_MIN_CHARS for r in regions):
+        return None
+    return min(REGION_MIN_CHARS[r] for r in regions)
 
 
 def digit_bars_for(regions) -> bool:
@@ -253,7 +267,7 @@ class PlateReader:
     """Load a reader ONNX file; `read(crops)` returns one TextRead per crop (BGR images)."""
 
     def __init__(self, path: str | Path, threads: int = 1, formats: tuple[str, ...] = (), glyphs: dict[str, str] | None = None,
-                 digit_bars: bool = False, max_chars: int | None = None):
+                 digit_bars: bool = False, max_chars: int | None = None, min_chars: int | None = None):
         self.model = OnnxModel(path, threads=threads)
         meta = self.model.meta
         if meta.get("kind") != "plate-reader":
@@ -271,21 +285,23 @@ class PlateReader:
         self.glyphs = dict(glyphs or {})  # see REGION_GLYPHS
         self.digit_bars = digit_bars  # see REGION_DIGIT_BARS
         self.max_chars = max_chars  # see REGION_MAX_CHARS; None: no region limit
+        self.min_chars = min_chars  # see REGION_MIN_CHARS; None: no region limit
 
     def set_regions(self, regions) -> None:
         """Read with the plate formats and glyph conventions of these regions (empty: region-blind)."""
         self.formats, self.glyphs, self.digit_bars = formats_for(regions), glyphs_for(regions), digit_bars_for(regions)
         self.ranked = ranked_for(regions)
         self.max_chars = max_chars_for(regions)
+        self.min_chars = min_chars_for(regions)
 
     @property
     def conventions(self) -> tuple:
         """What set_regions set, to put back later."""
-        return self.formats, self.glyphs, self.digit_bars, self.max_chars, self.ranked
+        return self.formats, self.glyphs, self.digit_bars, self.max_chars, self.min_chars, self.ranked
 
     @conventions.setter
     def conventions(self, value) -> None:
-        self.formats, self.glyphs, self.digit_bars, self.max_chars, self.ranked = value
+        self.formats, self.glyphs, self.digit_bars, self.max_chars, self.min_chars, self.ranked = value
 
     def prepare(self, crop_bgr: np.ndarray) -> np.ndarray:
         im = cv2.resize(crop_bgr, (self.w, self.h), interpolation=cv2.INTER_AREA if crop_bgr.shape[1] > self.w else cv2.INTER_LINEAR)

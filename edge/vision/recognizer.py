@@ -102,12 +102,13 @@ class PlateRecognizer:
 
     def accepts(self, score: float, read) -> bool:
         """Whether a box with this detector score and this read is a plate worth reporting: a
-        plausible length (at most the site's regions issue: reader.REGION_MAX_CHARS) and confident
+        plausible length (within what the site's regions issue: reader.REGION_MAX_CHARS, REGION_MIN_CHARS) and confident
         enough; a box the detector scored below its threshold (but above the verify threshold) must
         be read with the model's verify confidence."""
         c, d = self.config, self.detector
         longest = min(c.max_length, self.reader.max_chars or c.max_length)
-        if not (c.min_length <= len(read.text) <= longest) or read.confidence < c.min_confidence:
+        shortest = max(c.min_length, self.reader.min_chars or c.min_length)
+        if not (shortest <= len(read.text) <= longest) or read.confidence < c.min_confidence:
             return False
         if score >= d.threshold:
             return True
