@@ -354,6 +354,9 @@ class Pipeline:
                or b[3] + my * (b[3] - b[1]) > h for b in boxes]
         small = ~self.recognizer.wide_enough(boxes)
         todo = [i for i, k in enumerate(known) if k is None and not cut[i] and not small[i]]
+        # the verify band's boxes beyond the detector's verify_max_boxes are not read (nor tracked)
+        kept = self.recognizer.band_kept(dets.scores, todo)
+        unread, todo = set(todo) - set(kept), kept
         # each box is read from its cut moved onto the plate's edges (PlateRecognizer.refine); the track
         # follows the detector's boxes, whose size changes with distance the same way from frame to frame
         cuts = self.recognizer.refine(full, boxes[todo]) if todo else boxes[todo]
@@ -370,6 +373,8 @@ class Pipeline:
             if known[i] is not None:
                 k = known[i]
                 text, conf, cc = k.text, k.confidence, k.char_confidences
+            elif i in unread:
+                continue
             elif cut[i]:
                 # counted only for boxes the detector calls plates (a verify-band box needed a read)
                 self.counts["cut_by_edge"] += int(dets.scores[i] >= self.recognizer.detector.threshold)

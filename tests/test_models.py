@@ -195,6 +195,27 @@ def test_calibration_system_score_counts_the_verify_rule():
     rec, prec, _ = system_score(rows, reads, 0.3, 0.2, 0.85, 0.3)
     assert (rec, prec) == (1.0, 0.5)
     assert system_score(rows, reads, 0.3, 0.25, 0.85, 0.3)[:2] == (0.0, 0.0)  # the plate scored under 0.25
+    # at most one band box read per image: the junk box (0.26) is read, not the plate (0.22)
+    assert system_score(rows, reads, 0.3, 0.2, 0.85, 0.3, max_boxes=1) == (0.0, 0.0, 1.0)
+    assert system_score(rows, reads, 0.3, 0.2, 0.85, 0.3, max_boxes=2) == (1.0, 0.5, 2.0)
+
+
+def test_verify_band_reads_at_most_the_detectors_max_boxes_highest_scored_first():
+    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+
+    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS))
+    d = rec.detector
+    d.threshold, d.verify_threshold, d.verify_confidence, d.verify_max_boxes = 0.3, 0.15, 0.9, 1
+    scores = np.array([0.5, 0.2, 0.25, 0.4, 0.16], np.float32)
+    assert rec.band_kept(scores, range(5)) == [0, 2, 3]  # both plates, the best band box
+    assert rec.band_kept(scores, [0, 1, 3, 4]) == [0, 1, 3]  # the best of the band boxes that would be read
+    d.verify_max_boxes = 2
+    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3]
+    d.verify_max_boxes = None  # no cap in the metadata: every band box
+    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3, 4]
+    d.verify_max_boxes = 0
+    rec.config.verify = False  # no band at all: the cap does not apply
+    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3, 4]
 
 
 def test_recognize_takes_an_under_scored_plate_only_through_the_verify_rule(recognizer):

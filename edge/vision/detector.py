@@ -72,6 +72,10 @@ class PlateDetector:
         vt, vc = meta.get("verify_threshold"), meta.get("verify_confidence")
         self.verify_threshold = float(vt) if vt is not None else None
         self.verify_confidence = float(vc) if vc is not None else None
+        # at most this many boxes of the band are read per frame, the highest scored first (the
+        # reader's cost per frame stays bounded on a busy scene); absent: every box of the band
+        vm = meta.get("verify_max_boxes")
+        self.verify_max_boxes = int(vm) if vm is not None else None
 
     def detect(self, frame_bgr: np.ndarray, threshold: float | None = None) -> Detections:
         """Boxes scored at least `threshold` (default: the model's own)."""

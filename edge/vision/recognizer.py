@@ -114,6 +114,17 @@ class PlateRecognizer:
             return True
         return self._verifying and score >= d.verify_threshold and read.confidence >= d.verify_confidence
 
+    def band_kept(self, scores: np.ndarray, candidates) -> list[int]:
+        """Of the candidate box indices (boxes that would be read), all that the detector calls
+        plates and, of the verify band's, only the detector's `verify_max_boxes` highest scored
+        (each costs a read: the reader's cost per frame stays bounded on a busy scene)."""
+        candidates = list(candidates)
+        if not self._verifying or self.detector.verify_max_boxes is None:
+            return candidates
+        band = sorted((i for i in candidates if scores[i] < self.detector.threshold), key=lambda i: -float(scores[i]))
+        drop = set(band[self.detector.verify_max_boxes:])
+        return [i for i in candidates if i not in drop]
+
     def wide_enough(self, boxes: np.ndarray) -> np.ndarray:
         """Which boxes (frame pixels) are at least the configured minimum plate width."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -154,6 +165,8 @@ class PlateRecognizer:
         if self.config.min_plate_width:
             keep = self.wide_enough(dets.boxes)
             dets = type(dets)(dets.boxes[keep], dets.scores[keep])
+        keep = self.band_kept(dets.scores, range(len(dets)))
+        dets = type(dets)(dets.boxes[keep], dets.scores[keep])
         if not len(dets):
             return []
         boxes = self.refine(frame_bgr, dets.boxes)

@@ -15,7 +15,8 @@ With --reader it also chooses the verify rule: boxes scored below the threshold 
 junk boxes rarely read as a confident plate. Among the candidate pairs it takes the one with the
 highest recall of the whole detector+reader system whose precision stays within --verify-slack of
 the system without the rule and which reads at most --verify-reads extra boxes per image (the
-Pi's time); ties go to the stricter pair.
+Pi's time); ties go to the stricter pair. A rule may also read only the highest-scored 1, 2 or 3
+band boxes of an image (`verify_max_boxes`), which bounds the reads a busy frame costs.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main(argv=None):
     meta.pop("verify_threshold", None)
     meta.pop("verify_confidence", None)
     meta.pop("verify_calibration", None)
+    meta.pop("verify_max_boxes", None)
     if reader is not None:
         base = system_score(rows, reads, chosen, None, None, a.iou)
         print(f"system at threshold {chosen}: recall {base[0]:.3f} precision {base[1]:.3f}")
@@ -103,18 +105,24 @@ def main(argv=None):
         for low in (0.1, 0.15, 0.2, 0.25):
             if low >= chosen:
                 continue
-            for vc in (0.95, 0.9, 0.85, 0.8):
-                rec, prec, extra = system_score(rows, reads, chosen, low, vc, a.iou)
-                vtable.append((low, vc, round(rec, 4), round(prec, 4), round(extra, 2)))
-                print(f"verify {low:.2f} conf {vc:.2f}: recall {rec:.3f} precision {prec:.3f} extra reads/image {extra:.2f}")
-                if prec >= base[1] - a.verify_slack and extra <= a.verify_reads and rec > base[0]:
-                    key = (round(rec, 6), prec, vc, low)
-                    if best is None or key > best[0]:
-                        best = (key, low, vc)
+            for vc in (0.99, 0.98, 0.95, 0.9, 0.85, 0.8):
+                for cap in (None, 3, 2, 1):  # at most this many band boxes read per image (None: all)
+                    rec, prec, extra = system_score(rows, reads, chosen, low, vc, a.iou, max_boxes=cap)
+                    vtable.append((low, vc, cap, round(rec, 4), round(prec, 4), round(extra, 2)))
+                    print(f"verify {low:.2f} conf {vc:.2f} at most {cap or 'all'} boxes: recall {rec:.3f} precision {prec:.3f} "
+                          f"extra reads/image {extra:.2f}")
+                    if prec >= base[1] - a.verify_slack and extra <= a.verify_reads and rec > base[0]:
+                        key = (round(rec, 6), prec, vc, low, -(cap or 99))  # ties: the stricter rule, the fewer reads
+                        if best is None or key > best[0]:
+                            best = (key, low, vc, cap)
         if best is not None:
             meta["verify_threshold"] = json.dumps(best[1])
             meta["verify_confidence"] = json.dumps(best[2])
-            print(f"verify rule: boxes scored {best[1]}..{chosen} count when read with confidence >= {best[2]}")
+            meta.pop("verify_max_boxes", None)
+            if best[3] is not None:
+                meta["verify_max_boxes"] = json.dumps(best[3])
+            print(f"verify rule: boxes scored {best[1]}..{chosen} (at most {best[3] or 'all'} per image, highest first) "
+                  f"count when read with confidence >= {best[2]}")
         else:
             print("verify rule: no pair gains recall within the limits; off")
         meta["verify_calibration"] = json.dumps({"reader": a.reader.name, "refiner": a.refiner.name if a.refiner else None,
@@ -146,18 +154,21 @@ def read_boxes(reader, img, boxes, mask, refiner=None) -> list:
     return out
 
 
-def system_score(rows, reads, threshold, low, vconf, iou, min_conf=0.5, min_len=4, max_len=10):
+def system_score(rows, reads, threshold, low, vconf, iou, min_conf=0.5, min_len=4, max_len=10, max_boxes=None):
     """Recall and precision of detector+reader on the held-out photos (a kept box is a plate when it
-    overlaps a labelled one by `iou`), and the extra boxes read per image for the verify rule."""
+    overlaps a labelled one by `iou`), and the extra boxes read per image for the verify rule (of
+    which at most `max_boxes` per image, the highest scored, as the runtime's verify_max_boxes)."""
     tp = fp = fn = extra = 0
     for (boxes, scores, gt), rd in zip(rows, reads):
         keep = []
+        band = [i for i in range(len(boxes)) if low is not None and low <= scores[i] < threshold]
+        band = set(sorted(band, key=lambda i: -float(scores[i]))[:max_boxes])
         for i in range(len(boxes)):
             r = rd[i]
             ok = r is not None and min_len <= len(r[0]) <= max_len and r[1] >= min_conf
             if scores[i] >= threshold:
                 keep.append(ok)
-            elif low is not None and scores[i] >= low:
+            elif i in band:
                 extra += 1
                 keep.append(ok and r[1] >= vconf)
             else:
