@@ -301,12 +301,15 @@ class Pipeline:
     # ---------------------------------------------------------- stages
 
     def _settled(self, box) -> Observation | None:
-        """The last read of a track whose text is settled (the same confident text several frames
-        running) that this box continues; reading it again would only cost time."""
+        """The last read of a track whose text is settled (the same text several frames running, each
+        of its characters read with at least settle_confidence) that this box continues; reading it
+        again would only cost time. One unsure character keeps the track being read: a closer, sharper
+        view may settle it (a whole read's confidence can be high while one look-alike is a guess)."""
         for tr in self.tracker.tracks:
             recent = tr.obs[-self.o.settle_frames :]
             if (len(recent) == self.o.settle_frames and iou(tr.last.box, box) >= 0.3
-                    and all(o.text == tr.last.text and o.confidence >= self.o.settle_confidence for o in recent)):
+                    and all(o.text == tr.last.text and min(o.char_confidences, default=o.confidence) >= self.o.settle_confidence
+                            for o in recent)):
                 return tr.last
         return None
 
