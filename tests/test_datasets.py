@@ -1,14 +1,16 @@
 """The committed models on the shared real data (skipped when ../shared/datasets is absent).
 
-These floors are regression guards at the level this release measured (see models/README.md),
-not the issue's targets.
+These floors are regression guards a little under what this release measured (session 19: all
+0.881, us 0.854, eu 0.904, br 0.911, detected 0.976, FP 0.043, US crops 0.873; see models/README.md),
+so that a model or runtime change that loses plates fails here; the issue's own floors are scored
+by `edge eval` and quoted in the model card.
 """
 
 import json
 
 from .conftest import run_edge
 
-FLOORS = {"detected": 0.95, "exact": 0.48, "fp_per_image_max": 0.08, "crops_exact": 0.55}
+FLOORS = {"detected": 0.96, "exact": 0.86, "region_exact": 0.83, "fp_per_image_max": 0.055, "crops_exact": 0.85}
 
 
 def table(stdout: str) -> dict[str, list[str]]:
@@ -24,6 +26,8 @@ def test_endtoend_eval_on_openalpr(datasets, tmp_path):
     everything = rows["all"]
     detected, exact, fp = float(everything[2]), float(everything[3]), float(everything[6])
     assert detected >= FLOORS["detected"] and exact >= FLOORS["exact"] and fp <= FLOORS["fp_per_image_max"]
+    for region in ("br", "eu", "us"):
+        assert float(rows[region][3]) >= FLOORS["region_exact"], rows[region]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 211 and all(set(o) == {"image", "plates", "ms"} for o in lines)
 
