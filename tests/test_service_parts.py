@@ -175,3 +175,24 @@ def test_plates_narrower_than_the_site_minimum_are_not_read(tmp_path):
         got[name] = ([r.plate.text for r in pl.reads], pl.counts["too_small"], [p.text for p in rec.recognize(frame)])
     assert got["below"] == ([text], 0, [text])
     assert got["above"][0] == [] and got["above"][1] > 0 and got["above"][2] == []
+
+
+def test_a_track_settles_only_when_every_character_is_sure(recognizer, tmp_path):
+    """settle_frames: a track read the same way 4 frames running is not read again, but only when each
+    character of those reads is sure: a read whose whole confidence is high while one look-alike is a
+    guess (the fixture's 02ZYA4 read O2ZYA4 with its first character at 0.83) keeps being read."""
+    from edge.tracking import Observation
+
+    box = (100.0, 100.0, 200.0, 130.0)
+    for name, first, settled in (("unsure", 0.83, False), ("sure", 0.95, True)):
+        pl = Pipeline(VideoFileSource(CLIP, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
+                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t"), keep_reads=True)
+        cc = (first,) + (0.99,) * 5
+        whole = float(np.prod(cc) ** (1 / 6))
+        assert whole >= pl.o.settle_confidence  # the whole read is confident either way
+        for k in range(pl.o.settle_frames):
+            pl.tracker.update([Observation("O2ZYA4", whole, cc, box, t=k * 0.04)], k * 0.04)
+        got = pl._settled(box)
+        assert (got is not None) == settled, name
+        if settled:
+            assert got.text == "O2ZYA4"
