@@ -119,7 +119,7 @@ class PipelineSection(Section):
     min_length: int = Field(default=4, ge=2, le=10, description="shorter reads are dropped (signs, stickers); plates of 2-3 characters need 2 or 3")
     min_plate_width: int = Field(default=0, ge=0, le=4000, description="plates narrower than this many frame pixels are not read (vehicles far in the background); 0: all")
     full_detect_every: int = Field(default=3, ge=1, le=30, description="while tracking, look at the whole frame every Nth frame, around tracked plates in between")
-    settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running (0: always read)")
+    settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running, every character read with at least 0.9 confidence (0: always read)")
     model_dir: Path | None = None
     refine: bool = Field(default=True, description="move each detector box onto the plate's edges before reading it (the model folder's "
                                                    "plate_refiner.onnx; without that file boxes are read as detected)")
