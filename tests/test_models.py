@@ -79,6 +79,23 @@ def test_wrong_kind_and_missing_file_are_clear_errors(tmp_path):
         PlateReader(bad)
 
 
+
+def test_a_malformed_verify_cap_in_the_detector_metadata_is_a_clear_error(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="writing model metadata needs the [train] extra")
+
+    for value in ('"many"', "-1"):
+        m = onnx.load(str(DET))
+        m.metadata_props.add(key="verify_max_boxes", value=value)
+        path = tmp_path / "det.onnx"
+        onnx.save(m, str(path))
+        with pytest.raises(ModelError, match="verify_max_boxes=.* is not a count of boxes"):
+            PlateDetector(path)
+    m = onnx.load(str(DET))
+    m.metadata_props.add(key="verify_max_boxes", value="2")
+    onnx.save(m, str(path))
+    assert PlateDetector(path).verify_max_boxes == 2
+
+
 def load_crops():
     rows = list(csv.DictReader(open(DATA / "crops" / "groundtruth.csv")))
     return [(cv2.imread(str(DATA / "crops" / r["filename"])), r["text"]) for r in rows]

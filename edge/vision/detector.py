@@ -75,7 +75,12 @@ class PlateDetector:
         # at most this many boxes of the band are read per frame, the highest scored first (the
         # reader's cost per frame stays bounded on a busy scene); absent: every box of the band
         vm = meta.get("verify_max_boxes")
-        self.verify_max_boxes = int(vm) if vm is not None else None
+        try:
+            self.verify_max_boxes = int(vm) if vm is not None else None
+        except (TypeError, ValueError):
+            self.verify_max_boxes = -1
+        if self.verify_max_boxes is not None and self.verify_max_boxes < 0:
+            raise ModelError(f"{path}: metadata verify_max_boxes={vm!r} is not a count of boxes (0 or more)")
 
     def detect(self, frame_bgr: np.ndarray, threshold: float | None = None) -> Detections:
         """Boxes scored at least `threshold` (default: the model's own)."""
