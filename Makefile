@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/datasets
 THREADS ?= 1
+# when make started: the tests' closing stage times count the set-up from here
+STARTED := $(shell date +%s)
 APT_PKGS := mosquitto fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-croscore
 # plate-like faces the reader's renderer may add (reader.py --more-fonts; models/train/render.py MORE_FONT_GLOBS)
 TRAIN_FONTS := fonts-opendin fonts-routed-gothic fonts-roboto-unhinted fonts-bebas-neue fonts-b612 fonts-open-sans
@@ -33,12 +35,13 @@ demo: setup
 
 test: setup-train
 	@bash deploy/host-packages.sh postgresql
-	$(BIN)/python -m pytest -q tests
+	EDGE_SETUP_STARTED=$(STARTED) $(BIN)/python -m pytest -q tests
 
-# Only the arm64 image tests (part of `make test` too): one image build (~20 min, root, Debian's
-# archive), the reader under qemu-user in its root filesystem, first boot, layout. EDGE_IMAGE_TESTS=0 skips.
+# Only the arm64 image tests (part of `make test` too): the image (deploy/image/build, cached outside
+# the clone: ~14 min cold, seconds when its inputs are unchanged), the reader under qemu-user in its
+# root filesystem, first boot, layout, boot under qemu-system. EDGE_IMAGE_TESTS=0 skips them.
 test-image: setup-train
-	$(BIN)/python -m pytest -q tests/test_image.py
+	EDGE_SETUP_STARTED=$(STARTED) $(BIN)/python -m pytest -q tests/test_image.py
 
 image: setup
 	bash deploy/image/build build/image
