@@ -216,7 +216,9 @@ def cmd_provision(args) -> int:
         if args.what == "ca":
             print(f"CA certificate: {init_ca(ca)} (keep ca.key offline)")
         elif args.what == "server":
-            key, crt = issue_cert(ca, Path(args.out), "server", args.name, server_names=args.san or [args.name])
+            # the broker's own name is always one of its names; --san adds more
+            names = list(dict.fromkeys([args.name, *(args.san or [])]))
+            key, crt = issue_cert(ca, Path(args.out), "server", args.name, server_names=names)
             print(f"broker certificate: {crt}, key: {key}")
         elif args.what == "client":
             key, crt = issue_cert(ca, Path(args.out), args.name, args.name)

@@ -1,7 +1,8 @@
 """Per-device provisioning: the deployment's own CA, device bundles, broker credentials.
 
-Keys are made locally with the `openssl` command line tool (Debian's openssl package); nothing
-leaves the machine. A device bundle is a folder to drop onto the SD card's boot partition:
+Keys and certificates are made in-process with the `cryptography` package (EC P-256, SHA-256);
+nothing leaves the machine and no external tool runs. A device bundle is a folder to drop onto the
+SD card's boot partition:
 
     edge-bundle/
       device.toml      the device configuration (TLS paths point at /etc/edge)
@@ -11,69 +12,179 @@ leaves the machine. A device bundle is a folder to drop onto the SD card's boot 
       hostname         the hostname to set
   or, with --password: mqtt-password (0600) instead of device.crt/device.key, and a line to add
   to the broker's password file (`broker-passwd.line`, PBKDF2-SHA512 as mosquitto_passwd writes it).
+
+Every step writes its files under temporary names and renames them into place at the end: a step
+that fails leaves nothing behind, so it can simply be run again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
 import shutil
-import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# names the broker's ACL (deploy/collector/edge.acl) gives powers to: never a device's
+RESERVED_DEVICE_IDS = re.compile(r"^collector", re.I)
 
 
 class ProvisionError(Exception):
     pass
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    if not shutil.which("openssl"):
-        raise ProvisionError("openssl is not installed (apt-get install openssl)")
-    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise ProvisionError(f"openssl {args[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+def _x509():
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ProvisionError("the cryptography package is missing (pip install cryptography)") from None
+    return x509, hashes, serialization, ec
 
 
-def _private(path: Path) -> None:
-    os.chmod(path, 0o600)
+def _key_pem(key) -> bytes:
+    _, _, serialization, _ = _x509()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _cert_pem(cert) -> bytes:
+    _, _, serialization, _ = _x509()
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@contextlib.contextmanager
+def _writing(folder: Path):
+    """Collect files to write into `folder`; on leaving without error they are put in place (keys
+    0600), otherwise nothing is left behind. Yields a dict name -> (bytes, private). A folder that
+    does not exist yet (or is empty) appears whole, by one rename, even if the process is killed."""
+    files: dict[str, tuple[bytes, bool]] = {}
+    yield files
+    for name in files:
+        if (folder / name).exists():
+            raise ProvisionError(f"{folder / name} already exists (refusing to overwrite it)")
+    whole = not folder.exists() or not any(folder.iterdir())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.provision-", dir=folder.parent if whole else folder))
+    done: list[Path] = []
+    try:
+        for name, (data, private) in files.items():
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        if whole:
+            os.chmod(tmp, 0o700 if "ca.key" in files else 0o755)  # the CA folder stays private
+            os.replace(tmp, folder)  # onto an empty folder too
+            return
+        for name in files:
+            os.replace(tmp / name, folder / name)
+            done.append(folder / name)
+    except BaseException:
+        for f in done:
+            f.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _new_key():
+    _, _, _, ec = _x509()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650) -> Path:
-    ca_dir.mkdir(parents=True, exist_ok=True)
+    x509, hashes, _, _ = _x509()
+    from cryptography.x509.oid import NameOID
+
+    ca_dir = Path(ca_dir).absolute()
     if (ca_dir / "ca.key").exists():
         raise ProvisionError(f"a CA already exists in {ca_dir} (refusing to overwrite ca.key)")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.crt", "-days", str(days), "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=ca_dir)
-    _private(ca_dir / "ca.key")
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    with _writing(ca_dir) as files:
+        files["ca.key"] = (_key_pem(key), True)
+        files["ca.crt"] = (_cert_pem(cert), False)
     return ca_dir / "ca.crt"
 
 
-def issue_cert(ca_dir: Path, out_dir: Path, stem: str, cn: str, server_names: list[str] | None = None, days: int = 825) -> tuple[Path, Path]:
-    """A key and a certificate signed by the CA: a client certificate, or a server one with SANs."""
-    if not (ca_dir / "ca.key").exists():
+def _load_ca(ca_dir: Path):
+    x509, _, serialization, _ = _x509()
+    if not (ca_dir / "ca.key").exists() or not (ca_dir / "ca.crt").exists():
         raise ProvisionError(f"no CA in {ca_dir}: run `edge provision ca --ca-dir {ca_dir}` first")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key, csr, crt, ext = (out_dir / f"{stem}{s}" for s in (".key", ".csr", ".crt", ".ext"))
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(csr),
-             "-subj", f"/CN={cn}", cwd=out_dir)
-    _private(key)
+    try:
+        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    except (ValueError, TypeError) as e:
+        raise ProvisionError(f"{ca_dir}: ca.key / ca.crt are not a PEM key and certificate ({e})") from None
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        raise ProvisionError(f"{ca_dir}: ca.key is not the key of ca.crt")
+    return key, cert
+
+
+def _san(name: str):
+    x509, _, _, _ = _x509()
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9*]([A-Za-z0-9.*-]{0,252})$", name):
+            raise ProvisionError(f"--san {name!r} is neither an IP address nor a DNS name") from None
+        return x509.DNSName(name)
+
+
+def _leaf(ca_dir: Path, cn: str, server_names: list[str] | None, days: int):
+    """A new key and its certificate, signed by the CA: a client certificate, or a server one with SANs."""
+    x509, hashes, _, _ = _x509()
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_dir = Path(ca_dir).absolute()
+    ca_key, ca_cert = _load_ca(ca_dir)
+    if not cn or len(cn) > 64:
+        raise ProvisionError(f"name {cn!r}: 1 to 64 characters")
+    key = _new_key()
+    now = _now()
+    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+         .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
     if server_names:
-        sans = ",".join(f"IP:{n}" if re.match(r"^[0-9.]+$|:", n) else f"DNS:{n}" for n in server_names)
-        ext.write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
+        b = b.add_extension(x509.SubjectAlternativeName([_san(n) for n in server_names]), critical=False)
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     else:
-        ext.write_text("extendedKeyUsage=clientAuth\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.crt"), "-CAkey", str(ca_dir / "ca.key"),
-             "-CAcreateserial", "-out", str(crt), "-days", str(days), "-extfile", str(ext), cwd=out_dir)
-    csr.unlink()
-    ext.unlink()
-    return key, crt
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return key, b.sign(ca_key, hashes.SHA256())
+
+
+def issue_cert(ca_dir: Path, out_dir: Path, stem: str, cn: str, server_names: list[str] | None = None, days: int = 825) -> tuple[Path, Path]:
+    """Write `stem`.key and `stem`.crt into out_dir (refusing to overwrite either)."""
+    out_dir = Path(out_dir).absolute()
+    key, cert = _leaf(ca_dir, cn, server_names, days)
+    with _writing(out_dir) as files:
+        files[f"{stem}.key"] = (_key_pem(key), True)
+        files[f"{stem}.crt"] = (_cert_pem(cert), False)
+    return out_dir / f"{stem}.key", out_dir / f"{stem}.crt"
 
 
 def mosquitto_password_line(user: str, password: str, iterations: int = 101) -> str:
@@ -127,23 +238,28 @@ def device_toml(spec: DeviceSpec, etc: str = "/etc/edge") -> str:
 
 
 def make_bundle(ca_dir: Path, out: Path, spec: DeviceSpec) -> Path:
+    ca_dir, out = Path(ca_dir).absolute(), Path(out).absolute()
     if not DEVICE_ID.match(spec.device_id):
         raise ProvisionError(f"device id {spec.device_id!r}: letters, digits, '.', '_' and '-' only (max 63)")
+    if RESERVED_DEVICE_IDS.match(spec.device_id):
+        raise ProvisionError(f"device id {spec.device_id!r} is reserved: the broker's ACL gives names starting with "
+                             "'collector' the collector's rights (edge provision client collector is the collector's certificate)")
     if not spec.owner.strip():
         raise ProvisionError("--owner is required: who answers for this camera's reads")
     if out.exists() and any(out.iterdir()):
         raise ProvisionError(f"{out} is not empty (refusing to overwrite a bundle)")
-    if not (ca_dir / "ca.crt").exists():
-        raise ProvisionError(f"no CA in {ca_dir}: run `edge provision ca --ca-dir {ca_dir}` first")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ca_dir / "ca.crt", out / "ca.crt")
+    _load_ca(ca_dir)  # there, and a key with its certificate
+    files = {"ca.crt": ((ca_dir / "ca.crt").read_bytes(), False)}
     if spec.password:
         pw = secrets.token_urlsafe(24)
-        (out / "mqtt-password").write_text(pw + "\n")
-        _private(out / "mqtt-password")
-        (out / "broker-passwd.line").write_text(mosquitto_password_line(spec.device_id, pw) + "\n")
+        files["mqtt-password"] = ((pw + "\n").encode(), True)
+        files["broker-passwd.line"] = ((mosquitto_password_line(spec.device_id, pw) + "\n").encode(), False)
     else:
-        issue_cert(ca_dir, out, "device", spec.device_id)
-    (out / "device.toml").write_text(device_toml(spec))
-    (out / "hostname").write_text(spec.device_id + "\n")
+        key, cert = _leaf(ca_dir, spec.device_id, None, 825)
+        files["device.key"] = (_key_pem(key), True)
+        files["device.crt"] = (_cert_pem(cert), False)
+    files["device.toml"] = (device_toml(spec).encode(), False)
+    files["hostname"] = ((spec.device_id + "\n").encode(), False)
+    with _writing(out) as w:
+        w.update(files)
     return out

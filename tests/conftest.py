@@ -25,7 +25,8 @@ def record_stage(name: str, seconds: float, note: str = "") -> None:
 
 def run_edge(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run the real `edge` command line in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    kw.setdefault("cwd", ROOT)
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -433,3 +433,22 @@ def test_a_days_window_is_exactly_that_long_not_a_history_query_by_a_few_ms():
     q = _query_args(build_parser().parse_args(["query", "--token", "t", "--case", "K-1", "--plate", "AB123", "--days", "1"]))
     time.sleep(0.01)
     assert q.until_ms - q.since_ms == DAY_MS and q.until_ms <= int(time.time() * 1000)
+
+
+def test_database_urls_are_parsed_strictly(tmp_path):
+    from edge.collector.store import StoreError, parse_db_url, redact_db_url
+
+    assert parse_db_url("sqlite:///out/c.db") == ("sqlite", "out/c.db")  # relative to the working folder
+    assert parse_db_url("sqlite:////var/lib/edge-collector/reads.db") == ("sqlite", "/var/lib/edge-collector/reads.db")
+    assert parse_db_url("postgresql://u:p@h/db") == ("postgresql", "postgresql://u:p@h/db")
+    for bad in ("mysql://x/y", "reads.db", "sqlite://", "sqlite:reads.db", "sqlite:///"):
+        with pytest.raises(StoreError):
+            parse_db_url(bad)
+    assert redact_db_url("postgresql://edge:s3cret@db.example.org/reads") == "postgresql://edge:***@db.example.org/reads"
+    r = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", "mysql://x/y", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown database kind 'mysql'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())  # no ./mysql: file
+    db = tmp_path / "abs" / "reads.db"
+    r = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", f"sqlite:///{db}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert db.exists()  # the README's four-slash form is the absolute path

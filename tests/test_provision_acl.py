@@ -163,3 +163,64 @@ def test_firstboot_moves_secrets_and_sets_hostname(tmp_path, deployment):
     assert (root / "root" / ".ssh" / "authorized_keys").exists()
     again = subprocess.run(["sh", str(ROOT / "deploy" / "image" / "edge-firstboot.sh")], env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_provision_with_relative_paths_as_the_readme_writes_them(tmp_path):
+    """The README's commands, typed in a fresh folder: relative --ca-dir and --out."""
+    cwd = {"cwd": tmp_path}
+
+    def edge(*a):
+        import subprocess
+        import sys
+
+        return subprocess.run([sys.executable, "-m", "edge.cli", "provision", *a], capture_output=True, text=True, timeout=60, **cwd)
+
+    assert edge("ca", "--ca-dir", "ca/").returncode == 0
+    assert edge("server", "collector.example.org", "--ca-dir", "ca/", "--out", "broker/").returncode == 0
+    assert edge("client", "collector", "--ca-dir", "ca/", "--out", "collector/").returncode == 0
+    r = edge("device", "gate-north-01", "--ca-dir", "ca/", "--out", "edge-bundle/", "--owner", "Border Agency",
+             "--site", "North crossing", "--broker", "collector.example.org:8883", "--gps", "fixed:47.07,15.44")
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (tmp_path / "broker").iterdir()} == {"server.key", "server.crt"}
+    assert {p.name for p in (tmp_path / "edge-bundle").iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname"}
+    assert oct((tmp_path / "broker" / "server.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_failed_provisioning_step_leaves_nothing_and_can_be_rerun(tmp_path, deployment):
+    ca = str(deployment / "ca")
+    out = tmp_path / "broker"
+    r = run_edge("provision", "server", "broker.example.org", "--san", "not a name!", "--ca-dir", ca, "--out", str(out))
+    assert r.returncode == 2 and "--san" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    r = run_edge("provision", "server", "broker.example.org", "--ca-dir", ca, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run_edge("provision", "server", "broker.example.org", "--ca-dir", ca, "--out", str(out))  # never over a key
+    assert r.returncode == 2 and "already exists" in r.stderr
+    bundle = tmp_path / "bundle"
+    r = run_edge("provision", "device", "gate-7", "--ca-dir", ca, "--out", str(bundle), "--owner", "A", "--gps", "fixed:x")
+    assert r.returncode == 2 and "--gps" in r.stderr and not bundle.exists()
+    assert run_edge("provision", "device", "gate-7", "--ca-dir", ca, "--out", str(bundle), "--owner", "A").returncode == 0
+
+
+@pytest.mark.parametrize("name", ["collector", "Collector", "collector-2"])
+def test_a_device_cannot_be_provisioned_with_the_collectors_name(tmp_path, deployment, name):
+    out = tmp_path / "b"
+    r = run_edge("provision", "device", name, "--ca-dir", str(deployment / "ca"), "--out", str(out), "--owner", "A")
+    assert r.returncode == 2 and "reserved" in r.stderr and not out.exists()
+
+
+def test_the_certificates_are_what_the_broker_and_devices_expect(deployment):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca = x509.load_pem_x509_certificate((deployment / "ca" / "ca.crt").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    dev = x509.load_pem_x509_certificate((deployment / "dev-a" / "device.crt").read_bytes())
+    assert dev.subject.rfc4514_string() == "CN=dev-a" and dev.issuer == ca.subject
+    assert list(dev.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ca.public_key().verify(dev.signature, dev.tbs_certificate_bytes, ec.ECDSA(dev.signature_hash_algorithm))  # signed by the CA
+    srv = x509.load_pem_x509_certificate((deployment / "server" / "server.crt").read_bytes())
+    sans = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]

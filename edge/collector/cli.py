@@ -53,6 +53,7 @@ def cmd_collect(args) -> int:
     import threading
 
     from edge.collector.ingest import Collector
+    from edge.collector.store import redact_db_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gov = _gov(args)
@@ -76,7 +77,7 @@ def cmd_collect(args) -> int:
         h, p = _hostport(args.http, "--http")
         srv = make_server(gov, h, p, health=col.ing.health)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-    print(f"collecting from {args.mqtt} ($share/{args.group}) into {args.db}", flush=True)
+    print(f"collecting from {args.mqtt} ($share/{args.group}) into {redact_db_url(args.db)}", flush=True)
     last_ret = time.monotonic()
     while not stop.wait(args.health_interval):
         print("health " + json.dumps(col.ing.health()), flush=True)
@@ -239,7 +240,7 @@ def cmd_bench_collector(args) -> int:
 
 def register(sub) -> None:
     def db(p):
-        p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///path.db or postgresql://... (env EDGE_COLLECTOR_DB)")
+        p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://... (env EDGE_COLLECTOR_DB)")
         p.add_argument("--audit-head", help="file that records the audit log's last entry (detects truncation)")
 
     c = sub.add_parser("collect", help="collector: ingest reads from MQTT into the store")

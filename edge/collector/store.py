@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -72,13 +73,37 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+DB_URL_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:password@host/dbname"
+
+
+def parse_db_url(url: str) -> tuple[str, str]:
+    """("sqlite", file path) or ("postgresql", url), the SQLAlchemy forms: sqlite:/// then a path
+    relative to the working folder, four slashes for an absolute one. Anything else is an error."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise StoreError(f"--db {url!r} is not a database URL (one of {DB_URL_FORMS})")
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql", url
+    if scheme != "sqlite":
+        raise StoreError(f"--db: unknown database kind {scheme!r} (one of {DB_URL_FORMS})")
+    if not rest.startswith("/") or len(rest) < 2:
+        raise StoreError(f"--db {url!r}: a SQLite URL is sqlite:/// and then the file's path ({DB_URL_FORMS})")
+    return "sqlite", rest[1:]
+
+
+def redact_db_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
 class Store:
     """A thin engine adapter: `?` placeholders in, the engine's own out."""
 
     def __init__(self, url: str):
+        kind, path = parse_db_url(url)
         self.url = url
         self.lock = threading.RLock()
-        if url.startswith(("postgresql://", "postgres://")):
+        if kind == "postgresql":
             try:
                 import psycopg
             except ImportError:
@@ -92,7 +117,6 @@ class Store:
             blob, serial = "BYTEA", "BIGSERIAL PRIMARY KEY"
             self._errors: tuple = (psycopg.Error,)
         else:
-            path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
