@@ -75,13 +75,16 @@ def _setup_logging(args) -> None:
 def cmd_config_check(args) -> int:
     from edge.config import ConfigError, load_config
 
+    context: dict = {"offline": args.offline}
     try:
-        load_config(args.file)
+        load_config(args.file, context=context)
     except ConfigError as e:
         for p in e.problems:
             print(f"{e.source}: {p}", file=sys.stderr)
         return 2
-    print(f"{args.file}: ok")
+    for line in context.get("unchecked", []):
+        print(f"{args.file}: {line}")
+    print(f"{args.file}: ok" + (" (offline)" if args.offline else ""))
     return 0
 
 
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="config_cmd", required=True)
     cc = csub.add_parser("check", help="validate a device TOML file, printing every problem with its key")
     cc.add_argument("file")
+    cc.add_argument("--offline", action="store_true",
+                    help="check a file away from its device (a workstation, a fresh bundle): the TLS files it names are not looked for")
     cc.set_defaults(func=cmd_config_check)
 
     s = sub.add_parser("subscribe", help="print reads arriving over MQTT")

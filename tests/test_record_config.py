@@ -143,3 +143,28 @@ def test_config_check_command(tmp_path):
     assert r.returncode == 2 and "not valid TOML" in r.stderr and r.stderr.count("\n") == 1
     r = run_edge("config", "check", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_config_check_offline_passes_the_shipped_example_and_a_fresh_bundle(tmp_path):
+    from .conftest import ROOT
+
+    example = ROOT / "deploy" / "device.example.toml"
+    r = run_edge("config", "check", "--offline", str(example))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok (offline)"), r.stdout + r.stderr
+    assert run_edge("provision", "ca", "--ca-dir", str(tmp_path / "ca")).returncode == 0
+    r = run_edge("provision", "device", "gate-1", "--ca-dir", str(tmp_path / "ca"), "--out", str(tmp_path / "b"), "--owner", "A")
+    assert r.returncode == 0, r.stderr
+    r = run_edge("config", "check", "--offline", str(tmp_path / "b" / "device.toml"))
+    assert r.returncode == 0 and "mqtt.cafile: /etc/edge/ca.crt not checked" in r.stdout, r.stdout + r.stderr
+    r = run_edge("config", "check", str(tmp_path / "b" / "device.toml"))  # on the device, a missing file is still an error
+    assert r.returncode == 2 and "cafile /etc/edge/ca.crt does not exist" in r.stderr
+
+
+def test_list_settings_can_be_overridden_from_the_environment(tmp_path):
+    f = tmp_path / "d.toml"
+    f.write_text('[device]\nid = "d"\n[camera]\nid = "c"\nowner = "o"\nsource = "x.mp4"\n')
+    cfg = load_config(f, env={"EDGE_PIPELINE__REGIONS": '["uk", "eu"]'})
+    assert cfg.pipeline.regions == ["uk", "eu"]
+    with pytest.raises(ConfigError) as e:
+        load_config(f, env={"EDGE_PIPELINE__REGIONS": '["xx"]'})
+    assert "pipeline.regions.0" in str(e.value)
