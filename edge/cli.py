@@ -77,11 +77,18 @@ def cmd_config_check(args) -> int:
 
     context: dict = {"offline": args.offline}
     try:
-        load_config(args.file, context=context)
+        cfg = load_config(args.file, context=context)
     except ConfigError as e:
         for p in e.problems:
             print(f"{e.source}: {p}", file=sys.stderr)
         return 2
+    if not args.offline and cfg.camera.source == "picamera2":
+        import importlib.util
+
+        if importlib.util.find_spec("picamera2") is None:
+            print(f"{args.file}: camera.source: picamera2 is not installed here: it comes with the Raspberry Pi OS image "
+                  "(deploy/pi-gen); on the Debian image use /dev/videoN or an rtsp:// URL", file=sys.stderr)
+            return 2
     for line in context.get("unchecked", []):
         print(f"{args.file}: {line}")
     print(f"{args.file}: ok" + (" (offline)" if args.offline else ""))
@@ -227,11 +234,14 @@ def cmd_provision(args) -> int:
             key, crt = issue_cert(ca, Path(args.out), args.name, args.name)
             print(f"client certificate for {args.name!r}: {crt}, key: {key}")
         else:
+            if args.camera_source == "picamera2" and args.image == "debian":
+                raise UserError("--camera-source picamera2 needs --image raspios: the Debian image has no picamera2 "
+                                "(use /dev/videoN or rtsp://... there)")
             host, _, port = (args.broker or "localhost:8883").rpartition(":")
             if not host or not port.isdigit():
                 raise UserError(f"--broker expects HOST:PORT, got {args.broker!r}")
             spec = DeviceSpec(device_id=args.name, owner=args.owner or "", site=args.site or "", camera_id=args.camera_id or "",
-                              camera_source=args.camera_source, mounting=args.mounting, broker_host=host, broker_port=int(port),
+                              camera_source=args.camera_source or ("picamera2" if args.image == "raspios" else "/dev/video0"), mounting=args.mounting, broker_host=host, broker_port=int(port),
                               gps=args.gps, password=args.password)
             out = make_bundle(ca, Path(args.out), spec)
             print(f"device bundle for {args.name}: {out} (copy its files onto the boot partition, folder edge-bundle/)")
@@ -328,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--owner", help="device: who owns the camera")
     pv.add_argument("--site")
     pv.add_argument("--camera-id")
-    pv.add_argument("--camera-source", default="picamera2")
+    pv.add_argument("--image", choices=["debian", "raspios"], default="debian",
+                    help="device: the image the bundle is for: debian (deploy/image; USB/V4L2 or RTSP cameras) or raspios "
+                         "(deploy/pi-gen; the CSI camera through picamera2); it sets the default --camera-source")
+    pv.add_argument("--camera-source", default=None,
+                    help="device: picamera2 | /dev/videoN | rtsp://... | a video file (default: /dev/video0 for --image debian, "
+                         "picamera2 for --image raspios)")
     pv.add_argument("--mounting", default="fixed", choices=["fixed", "vehicle"])
     pv.add_argument("--broker", help="device: broker HOST:PORT (default localhost:8883)")
     pv.add_argument("--gps", default="none", help="none | gpsd | fixed:LAT,LON | nmea:/dev/ttyUSB0")

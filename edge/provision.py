@@ -200,7 +200,7 @@ class DeviceSpec:
     owner: str
     site: str = ""
     camera_id: str = ""
-    camera_source: str = "picamera2"
+    camera_source: str = "/dev/video0"
     mounting: str = "fixed"
     broker_host: str = "localhost"
     broker_port: int = 8883

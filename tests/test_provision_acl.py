@@ -224,3 +224,28 @@ def test_the_certificates_are_what_the_broker_and_devices_expect(deployment):
     sans = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in sans.get_values_for_type(x509.DNSName)
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_the_bundle_s_camera_source_is_one_its_image_has(tmp_path, deployment):
+    import tomllib
+
+    ca = str(deployment / "ca")
+
+    def source(out, *extra):
+        r = run_edge("provision", "device", "cam-1", "--ca-dir", ca, "--out", str(tmp_path / out), "--owner", "A", *extra)
+        assert r.returncode == 0, r.stderr
+        return tomllib.loads((tmp_path / out / "device.toml").read_text())["camera"]["source"]
+
+    assert source("debian") == "/dev/video0"  # the Debian image (the default) has no picamera2
+    assert source("pi", "--image", "raspios") == "picamera2"
+    assert source("rtsp", "--camera-source", "rtsp://cam.local/stream") == "rtsp://cam.local/stream"
+    r = run_edge("provision", "device", "cam-2", "--ca-dir", ca, "--out", str(tmp_path / "x"), "--owner", "A",
+                 "--camera-source", "picamera2")
+    assert r.returncode == 2 and "--image raspios" in r.stderr and not (tmp_path / "x").exists()
+    # on a machine without picamera2 a picamera2 configuration cannot run: config check says so (not offline)
+    pi = tmp_path / "pi" / "device.toml"
+    pi.write_text(pi.read_text().replace("/etc/edge/ca.crt", str(deployment / "ca" / "ca.crt"))
+                  .replace("/etc/edge/device.crt", str(tmp_path / "pi" / "device.crt")))
+    r = run_edge("config", "check", str(pi))
+    assert r.returncode == 2 and "picamera2 is not installed here" in r.stderr, r.stdout + r.stderr
+    assert run_edge("config", "check", "--offline", str(pi)).returncode == 0
