@@ -55,6 +55,7 @@ def cmd_eval(args) -> int:
 
 
 def _setup_logging(args) -> None:
+    import datetime as dt
     import json
     import logging
 
@@ -63,7 +64,9 @@ def _setup_logging(args) -> None:
 
         class JsonFormatter(logging.Formatter):
             def format(self, r):
-                return json.dumps({"time": self.formatTime(r), "level": r.levelname, "logger": r.name, "msg": r.getMessage()})
+                # ISO 8601 in UTC, as every other time the device writes
+                t = dt.datetime.fromtimestamp(r.created, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                return json.dumps({"time": t, "level": r.levelname, "logger": r.name, "msg": r.getMessage()})
 
         h = logging.StreamHandler()
         h.setFormatter(JsonFormatter())
@@ -256,7 +259,10 @@ INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.recognizer.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge import __version__
+
     p = argparse.ArgumentParser(prog="edge", description="Edge licence-plate reader")
+    p.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     e = sub.add_parser("eval", help="score the detector+reader on a labelled folder")

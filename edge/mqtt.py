@@ -126,7 +126,9 @@ class Publisher:
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        if self.stats.connected:
+        if self._stop.is_set():
+            log.debug("disconnected from broker on close: %s", reason_code)  # a clean exit is not a warning
+        elif self.stats.connected:
             self.stats.disconnects += 1
             log.warning("disconnected from broker: %s", reason_code)
         self.stats.connected = False

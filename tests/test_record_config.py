@@ -168,3 +168,23 @@ def test_list_settings_can_be_overridden_from_the_environment(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(f, env={"EDGE_PIPELINE__REGIONS": '["xx"]'})
     assert "pipeline.regions.0" in str(e.value)
+
+
+def test_version_python_m_edge_and_iso_times_in_json_logs(tmp_path):
+    import subprocess
+    import sys
+
+    from edge import __version__
+
+    from .conftest import ROOT
+
+    for cmd in ([sys.executable, "-m", "edge", "--version"], [sys.executable, "-m", "edge.cli", "--version"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.strip() == f"edge {__version__}", r.stdout + r.stderr
+    r = run_edge("replay", str(ROOT / "fixtures" / "videos" / "08_no_plate.mp4"), "--fast", "--log-json", "--outbox", str(tmp_path / "o.db"))
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    assert lines
+    for line in lines:
+        t = line["time"]
+        assert t.endswith("Z") and datetime.fromisoformat(t).utcoffset() == timedelta(0), t

@@ -82,6 +82,7 @@ def test_replay_publishes_every_read_and_health(tmp_path):
         assert sub.wait_for(lambda m: any(t.endswith("/status") and b"online" in p for t, p, _ in m))
         printed = [line for line in r.stdout.splitlines() if " id " in line]
         assert len(printed) == len(expected(CLIP))
+        assert "WARNING" not in r.stderr, r.stderr  # a clean exit's own disconnection is no warning
     finally:
         sub.close()
         b.stop()
