@@ -1,6 +1,6 @@
 """The committed models on the shared real data (skipped when ../shared/datasets is absent).
 
-These floors are regression guards a little under what this release measured (session 19: all
+These floors are regression guards a little under what this release measured (release 19: all
 0.881, us 0.854, eu 0.904, br 0.911, detected 0.976, FP 0.043, US crops 0.873; see models/README.md),
 so that a model or runtime change that loses plates fails here; the issue's own floors are scored
 by `edge eval` and quoted in the model card.

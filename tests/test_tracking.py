@@ -154,7 +154,7 @@ def test_a_track_whose_reads_keep_disagreeing_is_not_a_pass_by_default():
         o.confidence = 0.85
         o.char_confidences = tuple([0.85] * len(o.text))
     assert run(Tracker(), {o.t: [o] for o in seq}, end=5.0) == []
-    loose = run(Tracker(TrackerConfig(min_confidence=0.6)), {o.t: [o] for o in seq}, end=5.0)  # the floor before session 11
+    loose = run(Tracker(TrackerConfig(min_confidence=0.6)), {o.t: [o] for o in seq}, end=5.0)  # the floor before release 11
     assert len(loose) == 1 and 0.6 <= loose[0].confidence < 0.8
 
 

@@ -74,7 +74,7 @@ def quantize(src: Path, arrays: list[np.ndarray]) -> Path:
         weight_type=QuantType.QInt8,
         per_channel=True,
         # 7-bit weights: x86-64 cores without VNNI (AVX2 only, e.g. this AMD EPYC) multiply u8 by s8 with
-        # 16-bit intermediate sums that saturate with full 8-bit weights; there the session-13 reader
+        # 16-bit intermediate sums that saturate with full 8-bit weights; there the release 13 reader
         # quantized without this lost characters (project crops 0.733 against float 0.800; with it 0.800)
         reduce_range=True,
         calibrate_method=CalibrationMethod.MinMax,

@@ -471,7 +471,7 @@ def loose_edges(rng: np.random.Generator, loose: float, lo: float, hi: float) ->
     """How far each edge of a detector-like box (left, top, right, bottom) lies outside the plate, as
     shares of its size: uniform in [lo, hi); with probability `loose` an edge is instead drawn from
     [hi, LOOSE_MAX). On real US photos the shipped detector's edges lie 5% outside the labelled box at
-    the median and 21-31% at the 95th percentile (session 14), past what [lo, hi) covers."""
+    the median and 21-31% at the 95th percentile (release 14), past what [lo, hi) covers."""
     j = rng.uniform(lo, hi, 4)
     if loose:
         far = rng.random(4) < loose

@@ -34,10 +34,10 @@ if [ ! -s runs/pseudo2.tsv ]; then
   $PY -m models.train.pseudolabel --data "$DATA" --rec runs/peer/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx \
     --agree runs/reader_base.onnx --out runs/pseudo2.tsv
 fi
-# (Sessions 8-10 fine-tuned this small reader in three more rounds, each averaged with the last:
+# (Releases 8-10 fine-tuned this small reader in three more rounds, each averaged with the last:
 #  models/README.md tells them; the wide reader below replaced them and starts from scratch.)
 
-# 4. the wide reader (shipped in sessions 11-12; step 6 builds on it): a wider network (channels 48-96-144-192, 1.24 M parameters)
+# 4. the wide reader (shipped in releases 11-12; step 6 builds on it): a wider network (channels 48-96-144-192, 1.24 M parameters)
 #     from scratch on batches of 128, a fine-tune of it with more real crops (45%), and the weight
 #     average of the two. Step counts are the shipped run's (on an H200 with 14 batch workers: 7.5 +
 #     4 minutes; the renderer on the CPU is the limit); the schedule follows the steps, not the clock.
@@ -63,7 +63,7 @@ $PY -m models.train.detector --data "$DATA" --out runs/detector_syn --init runs/
 # --steps counts from 0 over a checkpoint's whole life: a fine-tune's end is its start's step plus its own
 ckpt_step() { $PY -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['step'])" "$1"; }
 
-# 6. the reader that ships since session 13: self-training and US-plate realism on top of step 4's
+# 6. the reader that ships since release 13: self-training and US-plate realism on top of step 4's
 #    reader. More real crops: those PP-OCR does not keep but step 4's reader reads alike, >= 0.9 sure,
 #    in five cuts of the box (runs/pseudo5.tsv); a CPU fine-tune with US plate graphics (--us-extras),
 #    large sharp plates (--crisp) and the US O/0 glyph trained as either (--us-o-zero merge); then
@@ -83,7 +83,7 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo5.tsv --out runs/r
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo2.tsv --out runs/reader_oz_avg \
   --average runs/reader_wide_avg/ckpt.pt runs/reader_oz/ckpt.pt --alpha 0.3
 
-# 6c. the reader that ships since session 17: step 6's reader fine-tuned again with plate-like fonts
+# 6c. the reader that ships since release 17: step 6's reader fine-tuned again with plate-like fonts
 #     (--more-fonts: DIN, routed gothic, condensed faces from Debian) on a fresh self-labelling round
 #     (runs/pseudo7.tsv, PP-OCRv4 and step 6's reader agreeing, or step 6's reader alike in five cuts),
 #     batch norms frozen (the shipped run fine-tuned a checkpoint rebuilt from the exported reader,
@@ -104,13 +104,13 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --out runs/r
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --out runs/reader_ft7_avg \
   --average runs/reader_oz_avg/ckpt.pt runs/reader_ft7/ckpt.pt --alpha 0.3,0.5
 
-# 6d. session 18's reader: step 6c's reader fine-tuned on the same round with its labels checked by
+# 6d. release 18's reader: step 6c's reader fine-tuned on the same round with its labels checked by
 #     eye (models/train/reviewed_labels.tsv: 292 wrong pseudo-labels dropped, 266 crops the labelling
 #     missed added) and the Romanian labels held to Romanian formats (--strict-ro), then averaged with
 #     step 6c's reader at the weight the training-side validation prefers (0.5).
-#     The session-18 run: 2,490 steps in 70 minutes (2 threads, 1 batch worker); the step count
+#     The release 18 run: 2,490 steps in 70 minutes (2 threads, 1 batch worker); the step count
 #     follows a step schedule instead of the clock. Not shipped alone: it reads fixture clip 02's
-#     European 02ZYA4 as O2ZYA4 under session 18's settle rule (models/README.md, sessions 18-19).
+#     European 02ZYA4 as O2ZYA4 under release 18's settle rule (models/README.md, releases 18-19).
 if [ ! -f runs/reader_ft8/ckpt.pt ]; then
   mkdir -p runs/reader_ft8 && cp runs/reader_ft7_avg/ckpt.pt runs/reader_ft8/ckpt.pt
 fi
@@ -120,10 +120,10 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review mod
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review models/train/reviewed_labels.tsv --strict-ro \
   --out runs/reader_ft8_avg --average runs/reader_ft7_avg/ckpt.pt runs/reader_ft8/ckpt.pt --alpha 0,0.3,0.5,0.7,1
 
-# 6e. session 19's reader (shipped): step 6d's fine-tuned again, a larger synthetic share (--real-frac
+# 6e. release 19's reader (shipped): step 6d's fine-tuned again, a larger synthetic share (--real-frac
 #     0.3) and signs / vehicle lettering labelled as no text (--neg-frac 0.04, so badges and lamps
 #     read as nothing), at a lower rate; 1,364 steps in 40 minutes (2 threads, 1 batch worker).
-#     Averaged with step 6d's at 0.5, the weight sessions 17-18 shipped (the training-side
+#     Averaged with step 6d's at 0.5, the weight releases 17-18 shipped (the training-side
 #     validation kept 0, step 6d's reader unchanged: 0.793/0.839 synthetic/real against
 #     0.783/0.831 at 0.5, one real crop of 124; 0.5 was the only weight scored on the openalpr sets).
 if [ ! -f runs/reader_ft9/ckpt.pt ]; then
@@ -136,7 +136,7 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review mod
 $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --review models/train/reviewed_labels.tsv --strict-ro \
   --out runs/reader_ft9_avg --average runs/reader_ft8_avg/ckpt.pt runs/reader_ft9/ckpt.pt --alpha 0.5
 
-# 6b. the box refiner (session 15): moves each detector box onto the plate's labelled edges before
+# 6b. the box refiner (release 15): moves each detector box onto the plate's labelled edges before
 #     it is read; trained on the detector's training photos, the detector's held-out photos kept out
 $PY -m models.train.refiner --data "$DATA" --out runs/refiner --minutes 45 --steps 4000 --threads "$THREADS"
 
@@ -144,7 +144,7 @@ $PY -m models.train.refiner --data "$DATA" --out runs/refiner --minutes 45 --ste
 $PY -m models.train.detector --out runs/detector_syn --export models/plate_detector.onnx
 $PY -m models.train.reader --out runs/reader_ft9_avg --export models/plate_reader.onnx
 $PY -m models.train.refiner --out runs/refiner --export models/plate_refiner.onnx
-# the float pair has no verify band (session 19: --verify-reads 0; the band calibrate.py chose within one
+# the float pair has no verify band (release 19: --verify-reads 0; the band calibrate.py chose within one
 # extra read per image, 0.15-0.30 at >= 0.9, one box at most, took the median time per image from 31-35 ms
 # to 45 ms, past the 40 ms floor, for one openalpr plate more; see models/README.md). The table is
 # still written into the metadata.
