@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -364,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not {"-v", "--verbose"} & set(sys.argv[1:] if argv is None else argv):
+        # OpenCV's and FFmpeg's own lines ("[tcp @ 0x...] Connection refused", "[ WARN:0@0.2] global
+        # cap.cpp") would come before the one line that says what is wrong; -v keeps them. Set
+        # before anything imports cv2, which reads them once.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from edge.collector.cli import CollectorUserError
     from edge.evaluate import EvalError
     from edge.vision.session import ModelError

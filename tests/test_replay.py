@@ -79,3 +79,16 @@ def test_real_clip_from_shared_datasets(recognizer, tmp_path):
     got = [r.plate.text for r in reads]
     print(f"real clip: reads {got}, truth {want}")
     assert set(want) <= set(got)
+
+
+def test_a_bad_source_is_one_line_without_library_noise(tmp_path):
+    """An unreachable camera and a file that is no video: the one clear line only, exit 3."""
+    from .conftest import run_edge
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    for source, what in (("rtsp://127.0.0.1:9/x", "cannot open camera"), (str(bad), "cannot open video")):
+        r = run_edge("replay", source, "--outbox", str(tmp_path / "o.db"), timeout=120)
+        assert r.returncode == 3, r.stderr
+        assert r.stderr.strip().splitlines() == [line for line in r.stderr.strip().splitlines() if line.startswith("edge replay: error:")]
+        assert len(r.stderr.strip().splitlines()) == 1 and what in r.stderr, r.stderr
