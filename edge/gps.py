@@ -21,6 +21,28 @@ from datetime import UTC, datetime
 log = logging.getLogger("edge.gps")
 
 
+class _Trouble:
+    """A failing GPS link said at WARNING the first time, then at most once every `every_s` while it
+    keeps failing (with the count since), and once at INFO when it works again."""
+
+    def __init__(self, what: str, every_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.what, self.every_s, self.clock = what, every_s, clock
+        self.failures, self.last_said = 0, None
+
+    def failed(self, err: object) -> None:
+        self.failures += 1
+        now = self.clock()
+        if self.last_said is None or now - self.last_said >= self.every_s:
+            more = f" ({self.failures} failures so far; said again at most every {self.every_s:.0f} s)" if self.failures > 1 else ""
+            log.warning("%s: %s%s", self.what, err, more)
+            self.last_said = now
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("%s: working again after %d failures", self.what, self.failures)
+        self.failures, self.last_said = 0, None
+
+
 @dataclass(frozen=True)
 class Fix:
     t: float  # monotonic seconds when received
@@ -172,12 +194,14 @@ class GpsdClient(_ThreadedGps):
 
     def _run(self) -> None:
         delay = 0.5
+        trouble = _Trouble(f"gpsd {self.host}:{self.port}")
         while not self._stop.is_set():
             try:
                 with socket.create_connection((self.host, self.port), timeout=5) as s:
                     s.sendall(b'?WATCH={"enable":true,"json":true};\n')
                     s.settimeout(1.0)
                     self.connected = True
+                    trouble.ok()
                     delay = 0.5
                     buf = b""
                     while not self._stop.is_set():
@@ -194,7 +218,7 @@ class GpsdClient(_ThreadedGps):
                         if len(buf) > 1 << 20:
                             buf = b""  # garbage without newlines: drop it
             except OSError as e:
-                log.debug("gpsd %s:%s: %s", self.host, self.port, e)
+                trouble.failed(e)
             if self.connected:
                 self.reconnects += 1
             self.connected = False
@@ -303,11 +327,13 @@ class NmeaSerial(_ThreadedGps):
         import select
 
         delay = 0.5
+        trouble = _Trouble(f"NMEA device {self.device}")
         while not self._stop.is_set():
             try:
                 fd = self._open()
+                trouble.ok()
             except OSError as e:
-                log.warning("NMEA device %s: %s", self.device, e)
+                trouble.failed(e)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -328,7 +354,7 @@ class NmeaSerial(_ThreadedGps):
                             self.history.add(fx)
                     buf = buf[-4096:]
             except OSError as e:
-                log.warning("NMEA device %s: %s", self.device, e)
+                trouble.failed(e)
             finally:
                 os.close(fd)
             self._stop.wait(delay)

@@ -150,3 +150,43 @@ def test_fixed_position():
     g = FixedGps(46.5, 6.6, 400)
     fa = g.fix_at(12345.0)
     assert fa.status == "ok" and fa.fix.lat == 46.5 and fa.source == "fixed"
+
+
+def test_an_unreachable_gpsd_is_a_warning_once_then_rate_limited(caplog):
+    """Nobody listens on the port: said at WARNING at once, not at every reconnect (every 0.5-10 s)."""
+    import logging
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # a free port with nothing behind it
+    caplog.set_level(logging.DEBUG, logger="edge.gps")
+    g = GpsdClient("127.0.0.1", port)
+    g.start()
+    try:
+        time.sleep(4.0)  # back-off 0.5, 1, 2: four tries
+    finally:
+        g.stop()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and f"gpsd 127.0.0.1:{port}" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_trouble_is_said_again_only_after_its_interval_and_when_it_clears(caplog):
+    import logging
+
+    from edge.gps import _Trouble
+
+    now = [0.0]
+    caplog.set_level(logging.INFO, logger="edge.gps")
+    t = _Trouble("gpsd x", every_s=300, clock=lambda: now[0])
+    for i in range(10):
+        now[0] = i * 10.0
+        t.failed("refused")
+    now[0] = 301.0
+    t.failed("refused")
+    t.ok()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in said] == ["WARNING", "WARNING", "INFO"]
+    assert "11 failures so far" in said[1][1] and "working again after 11 failures" in said[2][1]
