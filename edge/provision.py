@@ -32,6 +32,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # names the broker's ACL (deploy/collector/edge.acl) gives powers to: never a device's
 RESERVED_DEVICE_IDS = re.compile(r"^collector", re.I)
@@ -41,23 +46,11 @@ class ProvisionError(Exception):
     pass
 
 
-def _x509():
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise ProvisionError("the cryptography package is missing (pip install cryptography)") from None
-    return x509, hashes, serialization, ec
-
-
 def _key_pem(key) -> bytes:
-    _, _, serialization, _ = _x509()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _cert_pem(cert) -> bytes:
-    _, _, serialization, _ = _x509()
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -96,7 +89,6 @@ def _writing(folder: Path):
 
 
 def _new_key():
-    _, _, _, ec = _x509()
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -105,9 +97,6 @@ def _now() -> dt.datetime:
 
 
 def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650) -> Path:
-    x509, hashes, _, _ = _x509()
-    from cryptography.x509.oid import NameOID
-
     ca_dir = Path(ca_dir).absolute()
     if (ca_dir / "ca.key").exists():
         raise ProvisionError(f"a CA already exists in {ca_dir} (refusing to overwrite ca.key)")
@@ -130,7 +119,6 @@ def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650
 
 
 def _load_ca(ca_dir: Path):
-    x509, _, serialization, _ = _x509()
     if not (ca_dir / "ca.key").exists() or not (ca_dir / "ca.crt").exists():
         raise ProvisionError(f"no CA in {ca_dir}: run `edge provision ca --ca-dir {ca_dir}` first")
     try:
@@ -144,7 +132,6 @@ def _load_ca(ca_dir: Path):
 
 
 def _san(name: str):
-    x509, _, _, _ = _x509()
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -155,9 +142,6 @@ def _san(name: str):
 
 def _leaf(ca_dir: Path, cn: str, server_names: list[str] | None, days: int):
     """A new key and its certificate, signed by the CA: a client certificate, or a server one with SANs."""
-    x509, hashes, _, _ = _x509()
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     ca_dir = Path(ca_dir).absolute()
     ca_key, ca_cert = _load_ca(ca_dir)
     if not cn or len(cn) > 64:

@@ -51,9 +51,14 @@ def stop_background() -> None:
             os.killpg(_proc.pid, signal.SIGKILL)
 
 
+def steps(text: str) -> list[tuple[str, str]]:
+    """The build's step lines, "== [SECONDS s] WHAT", as (seconds, what)."""
+    return re.findall(r"^== \[(\d+)s\] (.*)$", text, re.M)
+
+
 def last_step(text: str) -> str:
-    steps = re.findall(r"^== \[(\d+)s\] (.*)$", text, re.M)
-    return f"'{steps[-1][1]}' (started at {steps[-1][0]} s)" if steps else "'start'"
+    done = steps(text)
+    return f"'{done[-1][1]}' (started at {done[-1][0]} s)" if done else "'start'"
 
 
 def wait() -> tuple[int, str]:
@@ -72,7 +77,7 @@ def wait() -> tuple[int, str]:
     text = LOG.read_text(errors="replace")
     cache = "; ".join(re.findall(r"^image cache: (.*)$", text, re.M)) or "no cache line"
     # the build's own clock: its last step line is written as it ends, perhaps long before this wait
-    steps = re.findall(r"^== \[(\d+)s\]", text, re.M)
-    record_stage("image build (in the background)", float(steps[-1]) if steps else time.monotonic() - _t0, cache)
+    done = steps(text)
+    record_stage("image build (in the background)", float(done[-1][0]) if done else time.monotonic() - _t0, cache)
     record_stage("image build, waited for after the other tests", time.monotonic() - w0)
     return rc, text
