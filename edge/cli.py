@@ -12,46 +12,47 @@ class UserError(Exception):
     """A mistake the user can fix: printed as one line, exit status 2."""
 
 
-def _recognizer(args, still: bool = False):
-    """still: images read one at a time (edge eval), whose reads are final (STILL_MIN_CONFIDENCE)."""
-    from edge.vision.recognizer import STILL_MIN_CONFIDENCE, PlateRecognizer, RecognizerConfig, default_model_dir, model_files
+def _pipeline_section(args, base=None):
+    """The `[pipeline]` section the command line describes: the config's (base), with the flags given
+    on top (--models, --threads, --int8, --refine, --region, --min-confidence)."""
+    from pydantic import ValidationError
 
-    det_file, reader_file = model_files(args.int8)
-    cfg = RecognizerConfig(model_dir=Path(args.models) if args.models else default_model_dir(), threads=args.threads,
-                           regions=tuple(args.region or ()), detector_file=det_file, reader_file=reader_file,
-                           refine=getattr(args, "refine", True))
-    if getattr(args, "min_confidence", None) is not None:
-        if not 0.0 <= args.min_confidence <= 1.0:
-            raise UserError(f"--min-confidence: expected a number from 0 to 1, got {args.min_confidence:g}")
-        cfg.min_confidence = args.min_confidence
-    elif still:
-        cfg.min_confidence = STILL_MIN_CONFIDENCE
-    return PlateRecognizer(cfg)
+    from edge.config import PipelineSection
+
+    data = base.model_dump(exclude_unset=True) if base is not None else {}
+    for flag, key in (("models", "model_dir"), ("threads", "threads"), ("int8", "int8"), ("refine", "refine"),
+                      ("region", "regions"), ("min_confidence", "min_confidence"), ("motion_gate", "motion_gate")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            data[key] = v
+    try:
+        return PipelineSection.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = {"model_dir": "models", "regions": "region"}.get(str(err["loc"][0]), str(err["loc"][0]))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"--{flag.replace('_', '-')}: {msg[:1].lower() + msg[1:]}, got {err['input']!r}") from None
+
+
+def _stage(args, still: bool = False):
+    """still: images read one at a time (edge eval), whose reads are final (assembly.STILL_MIN_CONFIDENCE)."""
+    from edge.assembly import build_stage
+
+    return build_stage(_pipeline_section(args), still=still)
 
 
 def cmd_eval(args) -> int:
     from edge.evaluate import run_crops_eval, run_eval
 
     if args.crops:
-        from edge.vision.reader import PlateReader
-        from edge.vision.recognizer import default_model_dir, model_files
-
-        reader = PlateReader(Path(args.models or default_model_dir()) / model_files(args.int8)[1], threads=args.threads)
-        try:
-            reader.set_regions(tuple(args.region or ()))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        run_crops_eval(Path(args.crops), reader, Path(args.out) if args.out else None, region_from_state=args.region_from_folder)
+        run_crops_eval(Path(args.crops), _stage(args, still=True).reader, Path(args.out) if args.out else None,
+                       region_from_state=args.region_from_folder)
         return 0
     if not args.dir:
         raise UserError("eval needs a folder (DIR) or --crops DIR")
     if not args.out:
         raise UserError("eval needs --out PRED.jsonl")
-    try:
-        rec = _recognizer(args, still=True)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    run_eval(Path(args.dir), Path(args.out), rec, region_from_folder=args.region_from_folder)
+    run_eval(Path(args.dir), Path(args.out), _stage(args, still=True), region_from_folder=args.region_from_folder)
     return 0
 
 
@@ -160,13 +161,19 @@ def cmd_bench(args) -> int:
     from edge.bench import run_bench
     from edge.capture.base import CaptureError
     from edge.capture.sources import VideoFileSource
+    from edge.config import Config
 
     try:
         VideoFileSource(args.video, pace=False).close()
     except CaptureError as e:
         raise UserError(str(e)) from None
-    run_bench(Path(args.video), threads=args.threads, max_frames=args.frames, repeats=args.repeats, motion_gate=args.motion_gate,
-              int8=args.int8, refine=args.refine)
+    if args.config:
+        cfg = _load(args)
+    else:
+        cfg = Config.model_validate({"device": {"id": "bench", "state_dir": "out/bench"},
+                                     "camera": {"id": "bench", "owner": "developer (bench)", "source": args.video}})
+    cfg = cfg.model_copy(update={"pipeline": _pipeline_section(args, cfg.pipeline)})
+    run_bench(Path(args.video), cfg, max_frames=args.frames, repeats=args.repeats)
     return 0
 
 
@@ -256,7 +263,7 @@ def cmd_provision(args) -> int:
     return 0
 
 
-INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.recognizer.INT8_CHOICES (not imported: keeps --help light)
+INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.models.INT8_CHOICES (not imported: keeps --help light)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,13 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dir", nargs="?", help="folder in the openalpr-endtoend layout (DIR/<region>/<image> + .txt)")
     e.add_argument("--out", help="write one JSON line per image here")
     e.add_argument("--crops", help="score the reader alone on a folder with groundtruth.csv")
-    e.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    e.add_argument("--threads", type=int, default=None, help="inference threads (default 1)")
     e.add_argument("--models", help="folder holding the ONNX models (default: the shipped models/)")
     e.add_argument("--min-confidence", type=float, default=None,
                    help="drop reads below this confidence (default 0.7: a still image's read is final)")
-    e.add_argument("--int8", choices=INT8_CHOICES, default="none",
+    e.add_argument("--int8", choices=INT8_CHOICES, default=None,
                    help="use the int8-quantized reader, detector or both (the files beside the float32 ones; default: none)")
-    e.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+    e.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="move each detector box onto the plate's edges before reading it, when the model folder has "
                         "plate_refiner.onnx (default: on; --no-refine reads the detector's boxes)")
     e.add_argument("--region", action="append",
@@ -312,12 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="frames per second of the whole pipeline vs decode only")
     b.add_argument("video")
-    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--config", help="device TOML file: bench the pipeline `edge run --config FILE` runs (default: a device's defaults)")
+    b.add_argument("--threads", type=int, default=None, help="inference threads (default: the config's, 1)")
     b.add_argument("--frames", type=int, default=300, help="frames per repeat (default 300)")
     b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--motion-gate", action="store_true", help="enable motion gating (off: every frame is inferred)")
-    b.add_argument("--int8", choices=INT8_CHOICES, default="none", help="use the int8-quantized reader, detector or both")
-    b.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True, help="refine boxes before reading (default: on)")
+    b.add_argument("--motion-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="motion gating (default: the config's, on; --no-motion-gate infers every frame)")
+    b.add_argument("--int8", choices=INT8_CHOICES, default=None, help="use the int8-quantized reader, detector or both")
+    b.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None, help="refine boxes before reading (default: on)")
+    b.add_argument("--region", action="append", help="read with a region's plate conventions (repeatable; default: the config's)")
+    b.add_argument("--models", help="folder holding the ONNX models (default: the config's, the shipped models/)")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("config", help="configuration tools")

@@ -12,9 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from edge.plates import PLATE_MAX_CHARS, PLATE_MIN_CHARS, REGION_CODES, REGIONS, check_regions
+from edge.record import Mounting
 
 ENV_PREFIX = "EDGE_"
+REGION_HELP = "; ".join(f"{r.code} {r.name}" + (" (plate formats settle letter/digit look-alikes)" if r.formats else "")
+                        + (" (the O/0 glyph read as 0, a bar after a digit as 1)" if r.digit_bars else "") for r in REGIONS.values())
 
 
 class Section(BaseModel):
@@ -31,7 +36,7 @@ class CameraSection(Section):
     owner: str = Field(min_length=1, max_length=128, description="who owns the camera and answers for its reads")
     operator: str | None = Field(default=None, max_length=128)
     site: str | None = Field(default=None, max_length=128)
-    mounting: Literal["fixed", "vehicle"] = "fixed"
+    mounting: Mounting = "fixed"
     bearing_deg: float | None = Field(default=None, ge=0, lt=360)
     source: str = Field(default="picamera2", description="picamera2 | /dev/videoN | device index | rtsp://... | http://... | a video file")
     width: int = Field(default=1280, ge=160, le=4096)
@@ -118,18 +123,28 @@ class PipelineSection(Section):
     motion_threshold: float = Field(default=0.004, ge=0, le=1, description="fraction of changed pixels that counts as motion")
     idle_detect_every_s: float = Field(default=1.0, gt=0, description="with no motion, still look this often")
     min_confidence: float = Field(default=0.5, ge=0, le=1, description="per-frame reads less sure than this do not vote in a track (a pass then needs [tracking] min_confidence); edge eval, reading still images, drops reads under 0.7")
-    regions: list[Literal["br", "eu", "uk", "us"]] = Field(default_factory=list, description="the site's region(s): br/uk plate formats, and eu's national formats, settle letter/digit look-alikes; us writes the O/0 glyph as 0 and a bar after a digit as 1")
+    regions: list[str] = Field(default_factory=list, description="the site's region(s), from edge.plates: " + REGION_HELP,
+                               json_schema_extra={"items": {"enum": list(REGION_CODES)}})
     verify: bool = Field(default=True, description="also take boxes the detector scored just under its threshold when the reader reads them confidently (the detector's calibrated verify rule)")
-    min_length: int = Field(default=4, ge=2, le=10, description="shorter reads are dropped (signs, stickers); plates of 2-3 characters need 2 or 3")
+    min_length: int = Field(default=4, ge=PLATE_MIN_CHARS, le=PLATE_MAX_CHARS, description="shorter reads are dropped (signs, stickers); plates of 2-3 characters need 2 or 3")
     min_plate_width: int = Field(default=0, ge=0, le=4000, description="plates narrower than this many frame pixels are not read (vehicles far in the background); 0: all")
     full_detect_every: int = Field(default=3, ge=1, le=30, description="while tracking, look at the whole frame every Nth frame, around tracked plates in between")
     settle_frames: int = Field(default=4, ge=0, le=100, description="stop re-reading a track read the same way this many frames running, every character read with at least 0.9 confidence (0: always read)")
+    reread_misfits: bool = Field(default=True, description="with plate formats (br, eu, uk): a read that fits none is read again "
+                                 "from cuts shifted left and right, the first that fits replacing it (video and stills alike)")
     model_dir: Path | None = None
     refine: bool = Field(default=True, description="move each detector box onto the plate's edges before reading it (the model folder's "
                                                    "plate_refiner.onnx; without that file boxes are read as detected)")
     int8: Literal["none", "reader", "detector", "both"] = Field(
         default="none", description="use the int8-quantized model(s) shipped beside the float32 pair: the reader int8 is about 3x faster "
                                     "and reads almost as well; the int8 detector loses plates (models/README.md)")
+
+
+    @field_validator("regions")
+    @classmethod
+    def _known_regions(cls, v: list[str]) -> list[str]:
+        check_regions(v)
+        return v
 
 
 class TrackingSection(Section):
@@ -140,6 +155,11 @@ class TrackingSection(Section):
     min_length_share: float = Field(default=0.6, ge=0, le=1, description="the track's reads of the voted length must carry this share "
                                     "of its read confidence: a sign's lettering reads a different length from frame to frame")
     repeat_window_s: float = Field(default=10.0, ge=0, description="the same plate again this soon is the same pass (occlusions)")
+    # The detector's boxes of a plate of constant size swing by up to 15% between the two ends of a
+    # track (fixture clips 03 and 06); an approaching car's plate grows 1.7-2.7x there.
+    towards_ratio: float = Field(default=1.25, gt=1, description="plate height grown (median of the track's last third over its "
+                                 "first) by this factor: towards the camera; shrunk by it: away")
+    lateral_frac: float = Field(default=0.05, gt=0, lt=1, description="plate centre moved this share of the frame width: left or right")
 
 
 class RecordSection(Section):

@@ -1,4 +1,4 @@
-"""`edge eval`: run the recognizer over labelled images and score it.
+"""`edge eval`: run the plate stage over labelled images and score it.
 
 Folder layout (openalpr-endtoend): DIR/<region>/<image> with DIR/<region>/<image-stem>.txt holding
 one tab-separated line `file x y w h TEXT`. Scoring rules (shared with the project's checker):
@@ -22,6 +22,7 @@ from typing import TextIO
 
 import cv2
 
+from edge.plates import REGION_CODES, fold, region_of, rules_for
 from edge.tracking import edit_distance, iou
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -33,8 +34,9 @@ class EvalError(Exception):
 
 
 def normalize(text: str, lenient: bool = False) -> str:
+    """A-Z0-9 only; lenient: the look-alikes the collector's fuzzy search folds read alike too (edge.plates.fold)."""
     t = _NOT_ALNUM.sub("", text.upper())
-    return t.translate(str.maketrans("OI", "01")) if lenient else t
+    return fold(t) if lenient else t
 
 
 def matches(pred_box, truth_box) -> bool:
@@ -163,16 +165,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, region_from_folder: bool = False) -> dict:
-    """`region_from_folder`: a sub-folder named after a known region (br, eu, uk, us) reads with its plate
+def run_eval(root: Path, out: Path, stage, stream: TextIO = sys.stdout, region_from_folder: bool = False) -> dict:
+    """Each image through the plate stage (edge.vision.stage), as any still is read.
+    `region_from_folder`: a sub-folder named after a known region (br, eu, uk, us) reads with its plate
     formats and glyph conventions, as OpenALPR is run with -c per country."""
-    from edge.vision.reader import KNOWN_REGIONS
-
     truths = load_truth(root)
-    reader = recognizer.reader
-    base = reader.conventions
+    base = stage.rules
     if region_from_folder:
-        known = sorted({t.key.split("/")[0] for t in truths} & set(KNOWN_REGIONS))
+        known = sorted({t.key.split("/")[0] for t in truths} & set(REGION_CODES))
         if known:
             print(f"reading {', '.join(k + '/' for k in known)} with that region's plate conventions (--no-region-from-folder: off)",
                   file=stream)
@@ -185,16 +185,13 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
             rec: dict = {"image": t.key, "plates": [], "ms": None}
             if region_from_folder:
                 folder = t.key.split("/")[0]
-                if folder in KNOWN_REGIONS:
-                    reader.set_regions((folder,))
-                else:
-                    reader.conventions = base
+                stage.rules = rules_for((folder,)) if folder in REGION_CODES else base
             if frame is None:
                 print(f"warning: cannot decode {t.image}; counted as not read", file=sys.stderr)
                 rec["error"] = "cannot decode image"
             else:
                 t0 = time.perf_counter()
-                plates = recognizer.recognize(frame)
+                plates = stage.recognize(frame)
                 rec["ms"] = round((time.perf_counter() - t0) * 1000, 2)
                 rec["plates"] = [
                     {"text": p.text, "box": [round(v, 1) for v in p.box], "confidence": round(p.confidence, 4)} for p in plates
@@ -202,6 +199,7 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
             f.write(json.dumps(rec) + "\n")
             tallies.setdefault(t.key.split("/")[0], Tally()).add(t, rec["plates"], rec["ms"])
             prog.update(i)
+    stage.rules = base
     rows = {k: v.summary() for k, v in sorted(tallies.items())}
     total = Tally()
     for v in tallies.values():
@@ -210,23 +208,6 @@ def run_eval(root: Path, out: Path, recognizer, stream: TextIO = sys.stdout, reg
     print(format_table(rows), file=stream)
     print(f"peak memory {peak_rss_mb():.0f} MB; predictions in {out}", file=stream)
     return rows
-
-
-US_STATE_CODES = frozenset(
-    "al ak az ar ca co ct de dc fl ga hi id il in ia ks ky la me md ma mi mn ms mo mt ne nv nh nj nm ny nc nd oh ok or pa "
-    "pr ri sc sd tn tx ut vt va wa wv wi wy".split()
-)
-
-
-def region_of_state(state: str) -> str | None:
-    """The plate region a groundtruth `state` column names: a US state code -> "us"; a known region
-    name (us, br, uk) -> itself."""
-    from edge.vision.reader import KNOWN_REGIONS
-
-    s = state.strip().lower()
-    if s in KNOWN_REGIONS:
-        return s
-    return "us" if s in US_STATE_CODES else None
 
 
 def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout,
@@ -241,8 +222,8 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
     if not rows or not {"filename", "text"} <= set(rows[0]):
         raise EvalError(f"{gt}: expected a header 'filename,state,text'")
     tally = Tally()
-    base = reader.conventions
-    if region_from_state and any(region_of_state(r.get("state") or "") for r in rows):
+    base = reader.rules
+    if region_from_state and any(region_of(r.get("state") or "") for r in rows):
         print("reading crops whose state column names a US state or a known region with that region's conventions "
               "(--no-region-from-folder: off)", file=stream)
     prog = Progress(len(rows), "eval crops")
@@ -255,11 +236,8 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
                 print(f"warning: cannot decode {root / r['filename']}; counted as not read", file=sys.stderr)
                 text, ms = "", None
             else:
-                region = region_of_state(r.get("state") or "") if region_from_state else None
-                if region:
-                    reader.set_regions((region,))
-                else:
-                    reader.conventions = base
+                region = region_of(r.get("state") or "") if region_from_state else None
+                reader.rules = rules_for((region,)) if region else base
                 t0 = time.perf_counter()
                 res = reader.read([img])[0]
                 ms = (time.perf_counter() - t0) * 1000
@@ -275,6 +253,7 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
                 sink.write(json.dumps({"image": r["filename"], "text": text, "truth": truth, "ms": round(ms or 0, 2)}) + "\n")
             prog.update(i)
     finally:
+        reader.rules = base
         if sink:
             sink.close()
     s = tally.summary()

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from edge.record import GpsKind, GpsStatus
+
 log = logging.getLogger("edge.gps")
 
 
@@ -62,10 +64,10 @@ class Fix:
 
 @dataclass(frozen=True)
 class FixAtFrame:
-    status: str  # ok | stale | missing
+    status: GpsStatus
     fix: Fix | None
     age_s: float | None
-    source: str
+    source: GpsKind
 
 
 class FixHistory:
@@ -97,7 +99,7 @@ class FixHistory:
 
 
 class GpsSource:
-    name = "none"
+    name: GpsKind = "none"
 
     def __init__(self, max_age_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.history = FixHistory()
@@ -143,11 +145,11 @@ class _ThreadedGps(GpsSource):
 
 
 class NoGps(GpsSource):
-    name = "none"
+    name: GpsKind = "none"
 
 
 class FixedGps(GpsSource):
-    name = "fixed"
+    name: GpsKind = "fixed"
 
     def __init__(self, lat: float, lon: float, alt_m: float | None = None, **kw):
         super().__init__(**kw)
@@ -184,7 +186,7 @@ def parse_tpv(obj: dict, t: float) -> Fix | None:
 class GpsdClient(_ThreadedGps):
     """A small gpsd client of our own: ?WATCH JSON, reconnects with back-off."""
 
-    name = "gpsd"
+    name: GpsKind = "gpsd"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 2947, **kw):
         super().__init__(**kw)
@@ -302,7 +304,7 @@ class NmeaParser:
 class NmeaSerial(_ThreadedGps):
     """NMEA 0183 from a serial device (configured with termios; no extra packages)."""
 
-    name = "nmea"
+    name: GpsKind = "nmea"
 
     def __init__(self, device: str, baud: int = 9600, **kw):
         super().__init__(**kw)

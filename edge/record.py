@@ -17,6 +17,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edge.plates import PLATE_MAX_CHARS, PLATE_MIN_CHARS, PLATE_TEXT
+
+# the statuses a read carries, shared with the parts that produce them (tracker, GPS, config)
+Direction = Literal["towards", "away", "unknown"]
+Lateral = Literal["left", "right", "none"]
+GpsStatus = Literal["ok", "stale", "missing"]
+GpsKind = Literal["gpsd", "nmea", "fixed", "none"]
+Mounting = Literal["fixed", "vehicle"]
+
 SCHEMA_ID = "lpr.read/1"
 SCHEMA_FILE = Path(__file__).parent / "schema" / "read-v1.json"
 MAX_PLATE_JPEG = 64 * 1024
@@ -51,7 +60,7 @@ def _jpeg_b64(limit: int):
     return check
 
 
-Text = Annotated[str, Field(min_length=2, max_length=10, pattern=r"^[A-Z0-9]+$")]
+Text = Annotated[str, Field(min_length=PLATE_MIN_CHARS, max_length=PLATE_MAX_CHARS, pattern=PLATE_TEXT.pattern)]
 Conf = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -75,7 +84,7 @@ class Box(Strict):
 class Plate(Strict):
     text: Text
     confidence: Conf
-    char_confidences: list[Conf] = Field(max_length=10)
+    char_confidences: list[Conf] = Field(max_length=PLATE_MAX_CHARS)
     region: str | None = Field(default=None, max_length=16, description="registration region guess (us, eu, uk, br), when the reader can tell")
     box: Box = Field(description="plate box in the best frame, full-resolution pixels")
     candidates: list[Candidate] = Field(default_factory=list, max_length=5, description="runner-up texts")
@@ -96,13 +105,13 @@ class Track(Strict):
     first_seen: UtcTime
     last_seen: UtcTime
     frames: int = Field(ge=1)
-    direction: Literal["towards", "away", "unknown"] = "unknown"
-    lateral: Literal["left", "right", "none"] = "none"
+    direction: Direction = "unknown"
+    lateral: Lateral = "none"
     heading_deg: float | None = Field(default=None, ge=0, lt=360, description="vehicle-mounted: GPS heading at the read")
 
 
 class Gps(Strict):
-    status: Literal["ok", "stale", "missing"]
+    status: GpsStatus
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
     alt_m: float | None = None
@@ -111,7 +120,7 @@ class Gps(Strict):
     accuracy_m: float | None = Field(default=None, ge=0)
     speed_mps: float | None = Field(default=None, ge=0)
     heading_deg: float | None = Field(default=None, ge=0, lt=360)
-    source: Literal["gpsd", "nmea", "fixed", "none"] = "none"
+    source: GpsKind = "none"
 
 
 class Camera(Strict):
@@ -119,7 +128,7 @@ class Camera(Strict):
     owner: str = Field(max_length=128)
     operator: str | None = Field(default=None, max_length=128)
     site: str | None = Field(default=None, max_length=128)
-    mounting: Literal["fixed", "vehicle"] = "fixed"
+    mounting: Mounting = "fixed"
     bearing_deg: float | None = Field(default=None, ge=0, lt=360)
 
 

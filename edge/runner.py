@@ -11,18 +11,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edge.capture.base import CaptureError, FrameSource
 from edge.capture.sources import VideoFileSource, open_source
 from edge.config import Config
 from edge.gps import FixedGps, GpsdClient, GpsSource, NmeaSerial, NoGps
-from edge.mqtt import MqttSettings, Publisher, topics
+from edge.health import SdNotify
+from edge.mqtt import MqttSettings, Publisher
 from edge.outbox import Outbox
-from edge.record import Camera, Read, uuid7
-from edge.service import Identity, Pipeline, PipelineOptions, SdNotify
-from edge.tracking import Pass, Tracker, TrackerConfig
+from edge.record import Read, uuid7
+from edge.service import FrameLoop
+from edge.tracking import Pass
 
 log = logging.getLogger("edge.runner")
 
@@ -63,12 +64,6 @@ def mqtt_settings(cfg: Config) -> MqttSettings:
         cafile=str(m.cafile) if m.cafile else None, certfile=str(m.certfile) if m.certfile else None,
         keyfile=str(resolve_secret(m.keyfile)) if m.keyfile else None, health_interval_s=m.health_interval_s,
     )
-
-
-def model_label(model) -> str:
-    meta = model.meta
-    digest = hashlib.sha256(Path(model.path).read_bytes()).hexdigest()[:8]
-    return f"{meta.get('kind', 'model')}-{meta.get('version', '?')}-{digest}"[:64]
 
 
 def replay_key(path: Path) -> str:
@@ -113,7 +108,7 @@ class Runner:
         self.o = opts
         self.out = out or sys.stdout
         self.stop_event = threading.Event()
-        self.pipeline: Pipeline | None = None
+        self.pipeline: FrameLoop | None = None
         self.publisher: Publisher | None = None
 
     def _print(self, r: Read) -> None:
@@ -130,21 +125,14 @@ class Runner:
 
     def run(self) -> int:
         cfg = self.cfg
-        from edge.vision.recognizer import PlateRecognizer, RecognizerConfig, default_model_dir, model_files
+        from edge.assembly import build_loop, build_stage, describe
+        from edge.outbox import OutboxError
         from edge.vision.session import ModelError
 
         try:
-            det_file, reader_file = model_files(cfg.pipeline.int8)
-            rec = PlateRecognizer(RecognizerConfig(model_dir=cfg.pipeline.model_dir or default_model_dir(),
-                                                   detector_file=det_file, reader_file=reader_file,
-                                                   threads=cfg.pipeline.threads, min_confidence=cfg.pipeline.min_confidence,
-                                                   min_length=cfg.pipeline.min_length, regions=tuple(cfg.pipeline.regions),
-                                                   verify=cfg.pipeline.verify, refine=cfg.pipeline.refine,
-                                                   min_plate_width=cfg.pipeline.min_plate_width))
+            stage = build_stage(cfg.pipeline)
         except ModelError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
-        from edge.outbox import OutboxError
-
         try:
             outbox = Outbox(cfg.outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
                             min_free_bytes=int(cfg.outbox.min_free_mb * 1e6))
@@ -162,10 +150,11 @@ class Runner:
                     st = json.loads(saved)
                     start_frame, utc0 = int(st["resume"]), datetime.fromisoformat(st["utc0"])
                     log.info("resuming replay of %s at frame %d", p, start_frame)
+        source: FrameSource
         try:
             if state_key:
-                source: FrameSource = VideoFileSource(source_spec, pace=self.o.pace, loop=self.o.loop, stop=self.stop_event,
-                                                      start_frame=start_frame, utc0=utc0)
+                source = VideoFileSource(source_spec, pace=self.o.pace, loop=self.o.loop, stop=self.stop_event,
+                                         start_frame=start_frame, utc0=utc0)
             else:
                 c = cfg.camera
                 source = open_source(source_spec, pace=self.o.pace, loop=self.o.loop, width=c.width, height=c.height, fps=c.fps,
@@ -176,59 +165,36 @@ class Runner:
             raise RunError(str(e), EXIT_SOURCE) from None
         gps = build_gps(cfg)
         gps.start()
-        c = cfg.camera
-        identity = Identity(
-            device_id=cfg.device.id,
-            camera=Camera(id=c.id, owner=c.owner, operator=c.operator, site=c.site, mounting=c.mounting, bearing_deg=c.bearing_deg),
-            detector_model=model_label(rec.detector.model),
-            reader_model=model_label(rec.reader.model),
-        )
-        t = topics(cfg.mqtt.topic_prefix, cfg.device.id)
-        pub = None
-        if self.o.publish:
-            pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox)
+        pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox) if self.o.publish else None
         checkpoint = None
-        if state_key:
-            u0 = source.utc0  # type: ignore[attr-defined]
+        if state_key and isinstance(source, VideoFileSource):
+            video, key = source, state_key
 
             def checkpoint(seq: int) -> None:
-                outbox.set_state(state_key, json.dumps({"resume": seq, "utc0": (source.utc0 or u0).isoformat()}))  # type: ignore[attr-defined]
+                outbox.set_state(key, json.dumps({"resume": seq, "utc0": (video.utc0 or datetime.now(UTC)).isoformat()}))
 
-        pl = Pipeline(
-            source, rec, outbox, identity, gps,
-            PipelineOptions(
-                queue_size=cfg.pipeline.queue_size, detect_every=cfg.pipeline.detect_every, motion_gate=cfg.pipeline.motion_gate,
-                motion_threshold=cfg.pipeline.motion_threshold, idle_detect_every_s=cfg.pipeline.idle_detect_every_s,
-                plate_jpeg_quality=cfg.record.plate_jpeg_quality, vehicle_image=cfg.record.vehicle_image,
-                vehicle_max_px=cfg.record.vehicle_max_px, topic=t["reads"], settle_frames=cfg.pipeline.settle_frames,
-                full_detect_every=cfg.pipeline.full_detect_every,
-            ),
-            tracker=Tracker(TrackerConfig(max_gap_s=cfg.tracking.max_gap_s, max_duration_s=cfg.tracking.max_duration_s,
-                                          min_frames=cfg.tracking.min_frames, min_confidence=cfg.tracking.min_confidence,
-                                          min_length_share=cfg.tracking.min_length_share,
-                                          repeat_window_s=cfg.tracking.repeat_window_s)),
-            on_read=self._print,
-            notify=pub.notify if pub else None,
-            read_id=replay_read_id(state_key) if state_key else None,
-            checkpoint=checkpoint,
-        )
+        pl = build_loop(cfg, source, outbox, gps, stage, blocking=bool(state_key) or not self.o.pace, on_read=self._print,
+                        notify=pub.notify if pub else None, read_id=replay_read_id(state_key) if state_key else None,
+                        checkpoint=checkpoint)
         self.pipeline = pl
         if pub:
-            pub.health = pl.health
+            pub.health = pl.health.snapshot
             pub.start()
             self.publisher = pub
         sd = SdNotify()
         self._install_signals()
-        hb = threading.Thread(target=self._heartbeat, args=(sd, pl, pub), daemon=True)
+        hb = threading.Thread(target=self._heartbeat, args=(sd, pl), daemon=True)
         hb.start()
         sd.send("READY=1")
         log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, cfg.outbox_path)
+        for line in describe(stage, cfg.pipeline):
+            log.info("%s", " ".join(line.split()))
         if pub and not pub.wait_connected(3.0):
             log.warning("broker %s:%s not reachable yet; reads are kept in the outbox until it is", cfg.mqtt.host, cfg.mqtt.port)
         code = EXIT_OK
         failure: Exception | None = None
         try:
-            pl.run(blocking_queue=bool(state_key) or not self.o.pace)
+            pl.run()
         except Exception as e:  # the run ends, but what was read is kept and still sent below
             failure = e
             log.exception("pipeline failed")
@@ -256,21 +222,26 @@ class Runner:
         outbox.close()
         return code
 
-    def _heartbeat(self, sd: SdNotify, pl: Pipeline, pub: Publisher | None) -> None:
+    def _heartbeat(self, sd: SdNotify, pl: FrameLoop) -> None:
+        """Pets systemd's watchdog while the frame loop makes progress. Nothing here may end the
+        thread: a status line that fails is logged and the pings go on."""
         interval = min(5.0, sd.watchdog_s / 2) if sd.watchdog_s else 5.0
         last_processed = -1
         last_progress = time.monotonic()
         while not pl.stop_event.wait(interval):
-            n = pl.counts["processed"]
+            n = pl.health["processed"]
             if n != last_processed or pl.frames.qsize() == 0:
                 last_progress = time.monotonic()
             last_processed = n
             # only pet the watchdog while the inference loop makes progress
             if time.monotonic() - last_progress < max(30.0, 3 * interval):
                 sd.send("WATCHDOG=1")
-            h = pl.health()
-            sd.send(f"STATUS=fps {h['fps_processed']}, backlog {h['outbox_backlog']}, gps {h['gps']}")
-            log.debug("health %s", json.dumps(h))
+            try:
+                h = pl.health.snapshot()
+                sd.send(f"STATUS=fps {h['fps_processed']}, backlog {h.get('outbox_backlog')}, gps {h.get('gps')}")
+                log.debug("health %s", json.dumps(h, default=str))
+            except Exception as e:  # the watchdog pings above must go on whatever the status does
+                log.warning("health status failed: %s: %s", type(e).__name__, e)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

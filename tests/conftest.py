@@ -36,11 +36,50 @@ def datasets() -> Path:
     return DATASETS
 
 
-@pytest.fixture(scope="session")
-def recognizer():
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+def device_config(**sections):
+    """A device Config with the test's sections (dicts) over a minimal device."""
+    from edge.config import Config
 
-    return PlateRecognizer(RecognizerConfig(model_dir=MODELS, threads=1))
+    data: dict = {"device": {"id": "test", "state_dir": "out/test"}, "camera": {"id": "c", "owner": "o"}, "mqtt": {"topic_prefix": "t"}}
+    data.update(sections)
+    return Config.model_validate(data)
+
+
+def make_stage(still: bool = False, **pipeline):
+    """The plate stage edge.assembly builds for a [pipeline] section with these keys."""
+    from edge.assembly import build_stage
+    from edge.config import PipelineSection
+
+    return build_stage(PipelineSection(model_dir=MODELS, **pipeline), still=still)
+
+
+def run_loop(video, outbox_path, cfg=None, stage=None, gps=None, source=None, blocking=True):
+    """A file through the frame loop edge.assembly builds (every frame, video time); returns the loop
+    (its reads kept in loop.reads, its counters in loop.health)."""
+    from edge.assembly import build_loop
+    from edge.capture.sources import VideoFileSource
+    from edge.gps import NoGps
+    from edge.outbox import Outbox
+
+    cfg = cfg or device_config()
+    ob = Outbox(outbox_path)
+    loop = build_loop(cfg, source or VideoFileSource(video, pace=False), ob, gps or NoGps(), stage, blocking=blocking, keep_reads=True)
+    loop.run()
+    loop.outbox_backlog = ob.backlog()
+    ob.close()
+    return loop
+
+
+@pytest.fixture(scope="session")
+def stage():
+    """The still-image stage (edge eval's): the shipped models, no region."""
+    return make_stage(still=True)
+
+
+@pytest.fixture(scope="session")
+def video_stage():
+    """The video stage (edge run's defaults)."""
+    return make_stage()
 
 
 def _is_image_test(item) -> bool:

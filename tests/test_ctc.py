@@ -58,10 +58,14 @@ def test_format_prior_settles_look_alikes_only_when_close():
 
 
 def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
-    from edge.vision.reader import apply_glyphs, formats_for, glyphs_for
+    from edge.plates import rules_for
+    from edge.vision.reader import apply_glyphs
 
-    assert glyphs_for(("us",)) == {"O": "0"} and formats_for(("us",)) == ()
-    assert glyphs_for(("br",)) == {} and formats_for(("br", "us")) == formats_for(("br",))
+    def glyphs_for(regions):
+        return dict(rules_for(regions).glyphs)
+
+    assert glyphs_for(("us",)) == {"O": "0"} and rules_for(("us",)).formats == ()
+    assert glyphs_for(("br",)) == {} and rules_for(("br", "us")).formats == rules_for(("br",)).formats
     with pytest.raises(ValueError, match="unknown region 'zz'"):
         glyphs_for(("zz",))
     r = ctc_greedy(probs("B-O-B-7-O-0"), CS)
@@ -72,9 +76,10 @@ def test_region_glyph_rule_rewrites_only_that_regions_look_alike():
 
 
 def test_us_digit_bar_rule_writes_a_bar_after_a_digit_as_1():
-    from edge.vision.reader import apply_glyphs, digit_bars_for
+    from edge.plates import rules_for
+    from edge.vision.reader import apply_glyphs
 
-    assert digit_bars_for(("us",)) and not digit_bars_for(("uk", "br")) and not digit_bars_for(())
+    assert rules_for(("us",)).digit_bars and not rules_for(("uk", "br")).digit_bars and not rules_for(()).digit_bars
     for read, want in [("KWV39I", "KWV391"), ("27578I4", "2757814"), ("24704I0", "2470410"),
                        ("I404MY", "I404MY"),  # a leading I is a letter (vanity plates start with one)
                        ("4303HI", "4303HI"), ("RFI947", "RFI947"),  # after a letter: a letter
@@ -94,22 +99,21 @@ def test_reader_set_regions_switches_formats_and_glyphs():
     from edge.vision.reader import PlateReader
     from tests.conftest import MODELS
 
-    reader = PlateReader(MODELS / "plate_reader.onnx", formats=("LLLDDDD",))
+    reader = PlateReader(MODELS / "plate_reader.onnx")
     reader.set_regions(("us",))
-    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars
-    saved = reader.conventions
+    r = reader.rules
+    assert r.formats == () and r.glyphs == {"O": "0"} and r.digit_bars
     reader.set_regions(("br", "uk"))
-    assert len(reader.formats) == 3 and reader.glyphs == {} and not reader.digit_bars and reader.max_chars == 7
-    reader.conventions = saved
-    assert reader.formats == () and reader.glyphs == {"O": "0"} and reader.digit_bars and reader.max_chars == 8
+    r = reader.rules
+    assert len(r.formats) == 3 and r.glyphs == {} and not r.digit_bars and r.max_len == 7
     with pytest.raises(ValueError):
         reader.set_regions(("mars",))
 
 
 def test_br_formats_mercosur_letters_and_the_bare_bar():
-    from edge.vision.reader import REGION_FORMATS
+    from edge.plates import REGIONS
 
-    br = REGION_FORMATS["br"]
+    br = REGIONS["br"].formats
     assert ctc_greedy(probs("ABC1C23"), CS, formats=br).text == "ABC1C23"  # Mercosur: fifth is A-J
     assert ctc_greedy(probs("ABC1B23"), CS, formats=br).text == "ABC1B23"  # B/8 are drawn apart: kept
     # a bar in the fifth place fits Mercosur's I and the old plates' 1: the old format is the common one
@@ -129,10 +133,11 @@ def test_glyph_rule_leaves_a_read_that_fits_the_sites_format():
 
 
 def test_eu_formats_fit_look_alikes_only_when_one_text_needs_the_fewest_swaps():
-    from edge.vision.reader import MAX_SWAPS, REGION_FORMATS, ranked_for
+    from edge.plates import REGIONS, rules_for
+    from edge.vision.reader import MAX_SWAPS
 
-    eu = REGION_FORMATS["eu"]
-    assert not ranked_for(("eu",)) and ranked_for(("br", "uk"))
+    eu = REGIONS["eu"].formats
+    assert not rules_for(("eu",)).ranked and rules_for(("br", "uk")).ranked
 
     def read(s):
         return ctc_greedy(probs("-".join(s)), CS, formats=eu, ranked=False).text
@@ -147,27 +152,26 @@ def test_eu_formats_fit_look_alikes_only_when_one_text_needs_the_fewest_swaps():
 
 
 def test_reader_set_regions_eu_reads_unranked():
-    from edge.vision.reader import REGION_FORMATS, PlateReader
+    from edge.plates import REGIONS
+    from edge.vision.reader import PlateReader
     from tests.conftest import MODELS
 
     reader = PlateReader(MODELS / "plate_reader.onnx")
     reader.set_regions(("eu",))
-    assert reader.formats == REGION_FORMATS["eu"] and not reader.ranked and reader.max_chars is None
+    r = reader.rules
+    assert r.formats == REGIONS["eu"].formats and not r.ranked and r.max_len is None
     assert reader.fits_format("RK896AO") and reader.fits_format("4B21875") and not reader.fits_format("RK896A0")
-    saved = reader.conventions
     reader.set_regions(("br",))
-    assert reader.ranked
-    reader.conventions = saved
-    assert not reader.ranked and reader.formats == REGION_FORMATS["eu"]
+    assert reader.rules.ranked
 
 
 def test_br_bare_bar_is_settled_after_a_format_reread_too():
-    from edge.vision.reader import REGION_FORMATS
+    from edge.plates import REGIONS
 
     m = probs("OUH9I9I")  # fits no format: the last bar is uncertain between I and 1
     m[6, CS.index("I") + 1], m[6, CS.index("1") + 1] = 0.5, 0.4
     m[4, CS.index("1") + 1] = 0.05
     # the likeliest format reading is Mercosur's (the fifth bar as I, the last as 1), but a fifth bar
     # is an old plate's 1 as often as not, as for a read that fits as it stands
-    assert ctc_greedy(m, CS, formats=REGION_FORMATS["br"]).text == "OUH9191"
-    assert ctc_greedy(probs("OUH9I91"), CS, formats=REGION_FORMATS["br"]).text == "OUH9191"
+    assert ctc_greedy(m, CS, formats=REGIONS["br"].formats).text == "OUH9191"
+    assert ctc_greedy(probs("OUH9I91"), CS, formats=REGIONS["br"].formats).text == "OUH9191"

@@ -40,18 +40,18 @@ def test_eval_writes_one_exact_json_object_per_image(scene_run):
 def test_eval_reads_still_images_with_the_still_confidence_floor(scene_run):
     import argparse
 
-    from edge.cli import _recognizer
-    from edge.vision.recognizer import FRAME_MIN_CONFIDENCE, STILL_MIN_CONFIDENCE
+    from edge.assembly import FRAME_MIN_CONFIDENCE, STILL_MIN_CONFIDENCE
+    from edge.cli import _stage
 
     ns = argparse.Namespace(int8="none", models=str(MODELS), threads=1, region=None, min_confidence=None)
-    assert _recognizer(ns, still=True).config.min_confidence == STILL_MIN_CONFIDENCE == 0.7
-    assert _recognizer(ns).config.min_confidence == FRAME_MIN_CONFIDENCE == 0.5  # video frames vote in tracks
+    assert _stage(ns, still=True).settings.min_confidence == STILL_MIN_CONFIDENCE == 0.7
+    assert _stage(ns).settings.min_confidence == FRAME_MIN_CONFIDENCE == 0.5  # video frames vote in tracks
     ns.min_confidence = 0.55
-    assert _recognizer(ns, still=True).config.min_confidence == 0.55  # --min-confidence wins
+    assert _stage(ns, still=True).settings.min_confidence == 0.55  # --min-confidence wins
     _, out = scene_run
     for bad in ("2", "-0.1"):
         r = run_edge("eval", str(DATA / "scenes"), "--out", str(out.parent / "bad.jsonl"), "--min-confidence", bad)
-        assert r.returncode == 2 and "--min-confidence: expected a number from 0 to 1" in r.stderr
+        assert r.returncode == 2 and f"--min-confidence: input should be " in r.stderr and f"got {float(bad)}" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (out.parent / "bad.jsonl").exists()
     confs = [p["confidence"] for line in out.read_text().splitlines() for p in json.loads(line)["plates"]]
     assert confs and min(confs) >= STILL_MIN_CONFIDENCE

@@ -10,7 +10,7 @@ from edge.vision.detector import PlateDetector
 from edge.vision.reader import PlateReader
 from edge.vision.session import ModelError
 
-from .conftest import DATA, MODELS
+from .conftest import DATA, MODELS, run_edge
 
 DET = MODELS / "plate_detector.onnx"
 READ = MODELS / "plate_reader.onnx"
@@ -39,7 +39,9 @@ def test_int8_variants_load_and_agree_on_kind():
 
 def test_int8_choices_name_the_files_beside_the_float32_pair():
     from edge import cli, config
-    from edge.vision.recognizer import INT8_CHOICES, PlateRecognizer, RecognizerConfig, model_files
+    from edge.vision.models import INT8_CHOICES, model_files
+
+    from .conftest import make_stage
 
     assert model_files("none") == ("plate_detector.onnx", "plate_reader.onnx")
     assert model_files("reader") == ("plate_detector.onnx", "plate_reader.int8.onnx")
@@ -48,8 +50,7 @@ def test_int8_choices_name_the_files_beside_the_float32_pair():
         model_files("fast")
     assert cli.INT8_CHOICES == INT8_CHOICES
     assert config.PipelineSection.model_fields["int8"].annotation.__args__ == INT8_CHOICES
-    det, rd = model_files("reader")
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, detector_file=det, reader_file=rd))
+    rec = make_stage(int8="reader")
     assert rec.reader.model.meta["version"].endswith("int8") and not rec.detector.model.meta["version"].endswith("int8")
 
 
@@ -80,20 +81,51 @@ def test_wrong_kind_and_missing_file_are_clear_errors(tmp_path):
 
 
 
-def test_a_malformed_verify_cap_in_the_detector_metadata_is_a_clear_error(tmp_path):
+def test_a_missing_or_malformed_metadata_key_is_one_clear_model_error(tmp_path):
+    """Each model kind's metadata is a schema (edge/vision/metadata.py): the loaders name the file and
+    the key, and a model without it never loads with a guessed value."""
     onnx = pytest.importorskip("onnx", reason="writing model metadata needs the [train] extra")
+    from edge.vision.refiner import BoxRefiner
+
+    def variant(src, name, drop=(), **values):
+        m = onnx.load(str(src))
+        keep = [(p.key, p.value) for p in m.metadata_props if p.key not in drop and p.key not in values]
+        del m.metadata_props[:]
+        for k, v in keep + list(values.items()):
+            m.metadata_props.add(key=k, value=v)
+        path = tmp_path / name
+        onnx.save(m, str(path))
+        return path
 
     for value in ('"many"', "-1"):
-        m = onnx.load(str(DET))
-        m.metadata_props.add(key="verify_max_boxes", value=value)
-        path = tmp_path / "det.onnx"
-        onnx.save(m, str(path))
-        with pytest.raises(ModelError, match="verify_max_boxes=.* is not a count of boxes"):
-            PlateDetector(path)
-    m = onnx.load(str(DET))
-    m.metadata_props.add(key="verify_max_boxes", value="2")
-    onnx.save(m, str(path))
-    assert PlateDetector(path).verify_max_boxes == 2
+        with pytest.raises(ModelError, match=r"det.onnx: model metadata: verify_max_boxes: "):
+            PlateDetector(variant(DET, "det.onnx", verify_max_boxes=value))
+    assert PlateDetector(variant(DET, "det.onnx", verify_max_boxes="2")).verify_max_boxes == 2
+    with pytest.raises(ModelError, match=r"det.onnx: model metadata: stride: missing"):
+        PlateDetector(variant(DET, "det.onnx", drop=("stride",)))
+    with pytest.raises(ModelError, match=r"rd.onnx: model metadata: crop_margin_x: missing"):
+        PlateReader(variant(MODELS / "plate_reader.onnx", "rd.onnx", drop=("crop_margin_x",)))
+    with pytest.raises(ModelError, match=r"rd.onnx: model metadata: height: "):
+        PlateReader(variant(MODELS / "plate_reader.onnx", "rd.onnx", height='"tall"'))
+    with pytest.raises(ModelError, match=r"rf.onnx: model metadata: max_shift: "):
+        BoxRefiner(variant(MODELS / "plate_refiner.onnx", "rf.onnx", max_shift="7"))
+    r = run_edge("eval", str(DATA / "scenes"), "--out", str(tmp_path / "p.jsonl"), "--models", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_exporters_write_metadata_the_loaders_read():
+    """models/train writes metadata through the same schema: a kind's required key left out is refused
+    before a file is written."""
+    from edge.vision.metadata import to_props
+    from edge.vision.session import OnnxModel
+
+    meta = dict(OnnxModel(MODELS / "plate_reader.onnx").meta)
+    assert set(to_props(meta)) == set(meta)
+    meta.pop("charset")
+    with pytest.raises(ModelError, match="charset: missing"):
+        to_props(meta)
+    with pytest.raises(ModelError, match="unknown model kind"):
+        to_props({"kind": "plate-painter", "version": "1"})
 
 
 def load_crops():
@@ -124,13 +156,13 @@ def test_reader_on_a_freshly_rendered_plate():
     assert ok >= 5
 
 
-def test_recognizer_finds_and_reads_rendered_scenes(recognizer):
+def test_the_stage_finds_and_reads_rendered_scenes(stage):
     from edge.evaluate import load_truth, matches
 
     truths = load_truth(DATA / "scenes")
     read = found = fp = 0
     for t in truths:
-        plates = recognizer.recognize(cv2.imread(str(t.image)))
+        plates = stage.recognize(cv2.imread(str(t.image)))
         over = [p for p in plates if matches(p.box, t.box)]
         found += bool(over)
         read += any(p.text == t.text for p in over)
@@ -142,9 +174,9 @@ def test_recognizer_finds_and_reads_rendered_scenes(recognizer):
 
 def test_verify_rule_takes_low_scored_boxes_only_when_read_confidently():
     from edge.vision.reader import TextRead
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+    from .conftest import make_stage
 
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS))
+    rec = make_stage()
     d = rec.detector
     d.threshold, d.verify_threshold, d.verify_confidence = 0.3, 0.2, 0.95
     sure, unsure, short = TextRead("ABC1234", 0.97, (0.97,) * 7), TextRead("ABC1234", 0.9, (0.9,) * 7), TextRead("AB", 0.99, (0.99,) * 2)
@@ -153,49 +185,53 @@ def test_verify_rule_takes_low_scored_boxes_only_when_read_confidently():
     assert not rec.accepts(0.25, unsure)  # below the threshold: needs the verify confidence
     assert not rec.accepts(0.15, sure)  # below the verify threshold: never
     assert not rec.accepts(0.5, short) and not rec.accepts(0.25, short)  # too short either way
-    rec.config.verify = False
+    rec.settings.verify = False
     assert rec.detect_threshold == 0.3 and not rec.accepts(0.25, sure) and rec.accepts(0.5, sure)
     d.verify_threshold = d.verify_confidence = None  # a detector without the rule in its metadata
-    rec.config.verify = True
+    rec.settings.verify = True
     assert rec.detect_threshold == 0.3 and not rec.accepts(0.25, sure)
 
 
 def test_region_max_chars_drops_reads_longer_than_the_region_issues():
-    from edge.vision.reader import TextRead, max_chars_for
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+    from edge.plates import rules_for
+    from edge.vision.reader import TextRead
 
-    assert max_chars_for(()) is None and max_chars_for(("us",)) == 8 and max_chars_for(("br",)) == 7
-    assert max_chars_for(("br", "us")) == 8
+    from .conftest import make_stage
+
+    assert rules_for(()).max_len is None and rules_for(("us",)).max_len == 8 and rules_for(("br",)).max_len == 7
+    assert rules_for(("br", "us")).max_len == 8
     nine, eight, seven = (TextRead(t, 0.97, (0.97,) * len(t)) for t in ("RE60YS1MP", "ABC12345", "ABC1234"))
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("us",)))
-    assert rec.reader.max_chars == 8
+    rec = make_stage(regions=["us"])
+    assert rec.length_range() == (4, 8)
     assert rec.accepts(0.9, eight) and not rec.accepts(0.9, nine)
-    rec.reader.set_regions(("br",))
+    rec.rules = rules_for(("br",))
     assert rec.accepts(0.9, seven) and not rec.accepts(0.9, eight)
-    saved = rec.reader.conventions
-    rec.reader.set_regions(())
-    assert rec.accepts(0.9, nine)  # no region named: up to RecognizerConfig.max_length (10)
-    rec.reader.conventions = saved
+    saved = rec.rules
+    rec.rules = rules_for(())
+    assert rec.accepts(0.9, nine)  # no region named: up to the plate text's longest (10)
+    rec.rules = saved
     assert not rec.accepts(0.9, eight)
 
 
 def test_region_min_chars_drops_reads_shorter_than_the_region_issues():
-    from edge.vision.reader import TextRead, min_chars_for
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+    from edge.plates import rules_for
+    from edge.vision.reader import TextRead
 
-    assert min_chars_for(()) is None and min_chars_for(("br",)) == 7 and min_chars_for(("us",)) is None
-    assert min_chars_for(("br", "us")) is None  # the US issues shorter plates: the config's floor holds
+    from .conftest import make_stage
+
+    assert rules_for(()).min_len is None and rules_for(("br",)).min_len == 7 and rules_for(("us",)).min_len is None
+    assert rules_for(("br", "us")).min_len is None  # the US issues shorter plates: the config's floor holds
     four, six, seven = (TextRead(t, 0.97, (0.97,) * len(t)) for t in ("JATK", "ABC123", "ABC1D23"))
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("br",)))
-    assert rec.reader.min_chars == 7
+    rec = make_stage(regions=["br"])
+    assert rec.length_range() == (7, 7)
     assert rec.accepts(0.9, seven) and not rec.accepts(0.9, six) and not rec.accepts(0.9, four)
-    saved = rec.reader.conventions
-    rec.reader.set_regions(("us",))
+    saved = rec.rules
+    rec.rules = rules_for(("us",))
     assert rec.accepts(0.9, four) and rec.accepts(0.9, six)
-    rec.reader.conventions = saved
+    rec.rules = saved
     assert not rec.accepts(0.9, six)
     with pytest.raises(ValueError, match="unknown region 'xx'"):
-        rec.reader.set_regions(("xx",))
+        rules_for(("xx",))
 
 
 def test_calibration_system_score_counts_the_verify_rule():
@@ -218,54 +254,59 @@ def test_calibration_system_score_counts_the_verify_rule():
 
 
 def test_verify_band_reads_at_most_the_detectors_max_boxes_highest_scored_first():
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+    from .conftest import make_stage
 
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS))
+    rec = make_stage()
     d = rec.detector
     d.threshold, d.verify_threshold, d.verify_confidence, d.verify_max_boxes = 0.3, 0.15, 0.9, 1
     scores = np.array([0.5, 0.2, 0.25, 0.4, 0.16], np.float32)
-    assert rec.band_kept(scores, range(5)) == [0, 2, 3]  # both plates, the best band box
-    assert rec.band_kept(scores, [0, 1, 3, 4]) == [0, 1, 3]  # the best of the band boxes that would be read
+
+    def kept(rows):
+        mask = np.isin(np.arange(5), rows)
+        return [int(i) for i in np.flatnonzero(mask & ~rec.band_budget(scores, mask))]
+
+    assert kept(range(5)) == [0, 2, 3]  # both plates, the best band box
+    assert kept([0, 1, 3, 4]) == [0, 1, 3]  # the best of the band boxes that would be read
     d.verify_max_boxes = 2
-    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3]
+    assert kept(range(5)) == [0, 1, 2, 3]
     d.verify_max_boxes = None  # no cap in the metadata: every band box
-    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3, 4]
+    assert kept(range(5)) == [0, 1, 2, 3, 4]
     d.verify_max_boxes = 0
-    rec.config.verify = False  # no band at all: the cap does not apply
-    assert rec.band_kept(scores, range(5)) == [0, 1, 2, 3, 4]
+    rec.settings.verify = False  # no band at all: the cap does not apply
+    assert kept(range(5)) == [0, 1, 2, 3, 4]
 
 
-def test_recognize_takes_an_under_scored_plate_only_through_the_verify_rule(recognizer):
+def test_recognize_takes_an_under_scored_plate_only_through_the_verify_rule(stage):
     """The real models on a rendered scene: with the plate's box below the detector threshold, the
     plate is reported only when the verify band covers its score and the read is confident enough."""
     from edge.evaluate import load_truth, matches
 
     t = load_truth(DATA / "scenes")[0]
     frame = cv2.imread(str(t.image))
-    d = recognizer.detector
+    d = stage.detector
     saved = (d.threshold, d.verify_threshold, d.verify_confidence)
     try:
-        base = [p for p in recognizer.recognize(frame) if matches(p.box, t.box)]
+        base = [p for p in stage.recognize(frame) if matches(p.box, t.box)]
         assert base and base[0].text == t.text
         d.threshold = min(1.0, base[0].detection_score + 0.01)  # the plate is now under the threshold
         d.verify_threshold, d.verify_confidence = None, None
-        assert not any(matches(p.box, t.box) for p in recognizer.recognize(frame))
+        assert not any(matches(p.box, t.box) for p in stage.recognize(frame))
         d.verify_threshold, d.verify_confidence = 0.05, 0.5
-        got = [p for p in recognizer.recognize(frame) if matches(p.box, t.box)]
+        got = [p for p in stage.recognize(frame) if matches(p.box, t.box)]
         assert got and got[0].text == t.text
         d.verify_confidence = min(1.0, got[0].read_confidence + 0.001)  # not confident enough for the band
-        assert not any(matches(p.box, t.box) for p in recognizer.recognize(frame))
+        assert not any(matches(p.box, t.box) for p in stage.recognize(frame))
     finally:
         d.threshold, d.verify_threshold, d.verify_confidence = saved
 
 
 def test_a_read_that_fits_no_format_is_read_again_from_shifted_cuts():
     """A box that cuts a Brazilian plate's first character reads 6 characters: no br format fits,
-    so the recognizer reads the box moved left and right, and keeps the cut whose reading fits."""
+    so the stage reads the box moved left and right, and keeps the cut whose reading fits."""
     render = pytest.importorskip("models.train.render", reason="renderer needs the [train] extra (Pillow)")
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+    from .conftest import make_stage
 
-    rec = PlateRecognizer(RecognizerConfig(model_dir=MODELS, regions=("br",)))
+    rec = make_stage(regions=["br"], refine=False)
     misfits = fixed = 0
     for seed in range(8):
         p = render.render_plate(np.random.default_rng(seed), "br")
@@ -274,9 +315,9 @@ def test_a_read_that_fits_no_format_is_read_again_from_shifted_cuts():
         frame[h : 2 * h, w : 2 * w] = p.image[..., ::-1]
         box = np.array([[w + 0.18 * w, h, 2 * w, 2 * h]], np.float32)  # the left 18% of the plate cut off
         first = rec.reader.read(rec.crops(frame, box))[0]
-        again = rec.reread_misfits(frame, box, [first])[0]
+        again = rec.read_boxes(frame, box)[1][0]
         if rec.reader.fits_format(first.text):
-            assert again is first  # a read that fits is left alone
+            assert again == first  # a read that fits is left alone
         else:
             misfits += 1
             fixed += again.text == p.text

@@ -62,13 +62,16 @@ def test_refiner_wrong_kind_and_missing_file_are_clear_errors(tmp_path):
         BoxRefiner(tmp_path / "nope.onnx")
 
 
-def test_recognizer_reads_without_a_refiner_when_off_or_absent(tmp_path):
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
+def test_the_stage_reads_without_a_refiner_when_off_or_absent(tmp_path):
+    from edge.assembly import build_stage
+    from edge.config import PipelineSection
 
-    assert PlateRecognizer(RecognizerConfig(model_dir=MODELS)).refiner is not None
-    assert PlateRecognizer(RecognizerConfig(model_dir=MODELS, refine=False)).refiner is None
+    from .conftest import make_stage
+
+    assert make_stage().refiner is not None
+    assert make_stage(refine=False).refiner is None
     for f in ("plate_detector.onnx", "plate_reader.onnx"):
         (tmp_path / f).symlink_to(MODELS / f)
-    rec = PlateRecognizer(RecognizerConfig(model_dir=tmp_path))
+    rec = build_stage(PipelineSection(model_dir=tmp_path))
     boxes = np.array([[10, 10, 50, 20]], np.float32)
     assert rec.refiner is None and rec.refine(np.zeros((40, 80, 3), np.uint8), boxes) is boxes

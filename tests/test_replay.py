@@ -5,13 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.capture.sources import VideoFileSource
 from edge.gps import FixedGps
-from edge.outbox import Outbox
-from edge.record import Camera, Read
-from edge.service import Identity, Pipeline, PipelineOptions
+from edge.record import Read
 
-from .conftest import DATASETS, ROOT
+from .conftest import DATASETS, ROOT, device_config, run_loop
 
 CLIPS = sorted((ROOT / "fixtures" / "videos").glob("*.mp4"))
 
@@ -20,20 +17,17 @@ def truth(clip: Path) -> dict:
     return json.loads(clip.with_suffix(".json").read_text())
 
 
-def replay(clip: Path, recognizer, tmp: Path) -> list[Read]:
-    ob = Outbox(tmp / f"{clip.stem}.db")
-    pl = Pipeline(VideoFileSource(clip, pace=False), recognizer, ob, Identity("test", Camera(id="c", owner="o")),
-                  FixedGps(47.0, 15.0), PipelineOptions(topic="t"), keep_reads=True)
-    pl.run(blocking_queue=True)
-    assert ob.backlog() == len(pl.reads)  # every read is in the outbox
-    ob.close()
+def replay(clip: Path, stage, tmp: Path, cfg=None) -> list[Read]:
+    """The clip through the frame loop edge.assembly builds (as `edge replay` runs it)."""
+    pl = run_loop(clip, tmp / f"{clip.stem}.db", cfg=cfg, stage=stage, gps=FixedGps(47.0, 15.0))
+    assert pl.outbox_backlog == len(pl.reads)  # every read is in the outbox
     return pl.reads
 
 
 @pytest.fixture(scope="module")
-def results(recognizer, tmp_path_factory):
+def results(video_stage, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replay")
-    return {c.name: replay(c, recognizer, tmp) for c in CLIPS}
+    return {c.name: replay(c, video_stage, tmp) for c in CLIPS}
 
 
 def test_there_are_at_least_eight_clips_with_sidecars():
@@ -67,15 +61,13 @@ def test_clip_reads_every_readable_plate_once_and_nothing_else(results, clip):
         assert r.gps.status == "ok" and r.images.plate_jpeg
 
 
-def test_real_clip_from_shared_datasets(recognizer, tmp_path):
+def test_real_clip_from_shared_datasets(tmp_path):
     clip = DATASETS / "videos" / "uk-LS15EBC.mp4"
     if not clip.exists():
         pytest.skip(f"{clip} not present")
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
-
     want = (clip.parent / (clip.name + ".plates.txt")).read_text().split()
-    uk = PlateRecognizer(RecognizerConfig(model_dir=ROOT / "models", regions=("uk",)))  # a UK site names its region
-    reads = replay(clip, uk, tmp_path)
+    cfg = device_config(pipeline={"regions": ["uk"], "model_dir": str(ROOT / "models")})  # a UK site names its region
+    reads = replay(clip, None, tmp_path, cfg=cfg)
     got = [r.plate.text for r in reads]
     print(f"real clip: reads {got}, truth {want}")
     assert set(want) <= set(got)

@@ -7,12 +7,14 @@ import time
 import numpy as np
 
 from edge.capture.sources import VideoFileSource
-from edge.gps import NoGps
+from edge.health import Health, SdNotify
 from edge.outbox import Outbox
-from edge.record import Camera, Read
-from edge.service import DropOldestQueue, Identity, MotionGate, Pipeline, PipelineOptions, SdNotify, encode_jpeg, region_guess
+from edge.plates import region_guess
+from edge.record import Read
+from edge.record_builder import encode_jpeg
+from edge.service import SETTLE_CONFIDENCE, DropOldestQueue, MotionGate
 
-from .conftest import ROOT, run_edge
+from .conftest import ROOT, device_config, make_stage, run_edge, run_loop
 
 CLIP = ROOT / "fixtures" / "videos" / "01_gate_day.mp4"
 IDLE = ROOT / "fixtures" / "videos" / "08_no_plate.mp4"
@@ -63,14 +65,12 @@ def test_encode_jpeg_respects_the_limit():
     assert len(data) <= 20_000 and data[:2] == b"\xff\xd8"
 
 
-def test_idle_scene_is_gated_and_reads_build_valid_records(recognizer, tmp_path):
-    ob = Outbox(tmp_path / "o.db")
-    pl = Pipeline(VideoFileSource(IDLE, pace=False), recognizer, ob, Identity("d", Camera(id="c", owner="o")), NoGps(),
-                  PipelineOptions(topic="t", motion_gate=True), keep_reads=True)
-    pl.run(blocking_queue=True)
-    h = pl.health()
+def test_idle_scene_is_gated_and_reads_build_valid_records(video_stage, tmp_path):
+    pl = run_loop(IDLE, tmp_path / "o.db", stage=video_stage)
+    h = pl.health.snapshot()
     assert h["frames"]["processed"] == 150
-    assert h["gps"] == "missing" and "detect_ms" in h["stage_ms"] and h["outbox_backlog"] == len(pl.reads)
+    assert h["gps"] == "missing" and "detect_ms" in h["stage_ms"] and pl.outbox_backlog == len(pl.reads)
+    ob = Outbox(tmp_path / "o.db")
     for item in ob.peek(100):
         r = Read.from_json(item.payload)  # every stored payload is a valid wire record
         assert r.gps.status == "missing"
@@ -90,10 +90,13 @@ def test_paced_replay_runs_at_the_recorded_rate(tmp_path):
     assert frames[-1].seq == 24 and abs(frames[-1].t - t0 - 24 / 25) < 0.5
 
 
-def test_stop_from_another_thread_ends_a_live_run(recognizer, tmp_path):
+def test_stop_from_another_thread_ends_a_live_run(video_stage, tmp_path):
+    from edge.assembly import build_loop
+    from edge.gps import NoGps
+
     ob = Outbox(tmp_path / "o.db")
     src = VideoFileSource(CLIP, pace=True, loop=True)
-    pl = Pipeline(src, recognizer, ob, Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t"))
+    pl = build_loop(device_config(), src, ob, NoGps(), video_stage)
     th = threading.Thread(target=pl.run)
     th.start()
     time.sleep(1.5)
@@ -128,8 +131,8 @@ def gate_frame():
     return frame, box, side["plates"][0]["text"]
 
 
-def replay_still(img, n: int, recognizer, tmp_path, name: str) -> Pipeline:
-    """The pipeline over a clip of `n` copies of one image (no motion gate)."""
+def replay_still(img, n: int, stage, tmp_path, name: str, **pipeline):
+    """The frame loop over a clip of `n` copies of one image (no motion gate)."""
     import cv2
 
     h, w = img.shape[:2]
@@ -138,14 +141,11 @@ def replay_still(img, n: int, recognizer, tmp_path, name: str) -> Pipeline:
     for _ in range(n):
         vw.write(img)
     vw.release()
-    pl = Pipeline(VideoFileSource(path, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
-                  Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t", motion_gate=False),
-                  keep_reads=True)
-    pl.run(blocking_queue=True)
-    return pl
+    cfg = device_config(pipeline={"motion_gate": False, "model_dir": str(ROOT / "models"), **pipeline})
+    return run_loop(path, tmp_path / f"{name}.db", cfg=cfg, stage=stage)
 
 
-def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
+def test_a_plate_cut_by_the_frame_edge_is_not_read(video_stage, tmp_path):
     """Reading a box that the frame's edge cuts gives part of a plate (or of truck lettering): the
     pipeline does not take its text; the same plate whole in the frame is read."""
     frame, box, text = gate_frame()
@@ -155,8 +155,8 @@ def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
     cut[:, dx:] = frame[:, : w - dx]
     reads = {}
     for name, img in (("whole", frame), ("cut", cut)):
-        pl = replay_still(img, 20, recognizer, tmp_path, name)
-        reads[name] = ([r.plate.text for r in pl.reads], pl.counts["cut_by_edge"])
+        pl = replay_still(img, 20, video_stage, tmp_path, name)
+        reads[name] = ([r.plate.text for r in pl.reads], pl.health["cut_by_edge"])
     assert reads["whole"] == ([text], 0)
     assert reads["cut"][0] == [] and reads["cut"][1] > 0
 
@@ -164,35 +164,34 @@ def test_a_plate_cut_by_the_frame_edge_is_not_read(recognizer, tmp_path):
 def test_plates_narrower_than_the_site_minimum_are_not_read(tmp_path):
     """[pipeline] min_plate_width: a plate narrower than the site's minimum gives no read (counted as
     too_small), in the service and in still-image recognition; at a minimum below its width it is read."""
-    from edge.vision.recognizer import PlateRecognizer, RecognizerConfig
-
     frame, box, text = gate_frame()
     width = box[2] - box[0]
     got = {}
     for name, minimum in (("below", int(width * 0.6)), ("above", int(width * 1.6))):
-        rec = PlateRecognizer(RecognizerConfig(model_dir=ROOT / "models", min_plate_width=minimum))
-        pl = replay_still(frame, 12, rec, tmp_path, name)
-        got[name] = ([r.plate.text for r in pl.reads], pl.counts["too_small"], [p.text for p in rec.recognize(frame)])
+        pl = replay_still(frame, 12, None, tmp_path, name, min_plate_width=minimum)  # the stage from the config
+        still = make_stage(still=True, min_plate_width=minimum)
+        got[name] = ([r.plate.text for r in pl.reads], pl.health["too_small"], [p.text for p in still.recognize(frame)])
     assert got["below"] == ([text], 0, [text])
     assert got["above"][0] == [] and got["above"][1] > 0 and got["above"][2] == []
 
 
-def test_a_track_settles_only_when_every_character_is_sure(recognizer, tmp_path):
+def test_a_track_settles_only_when_every_character_is_sure(video_stage, tmp_path):
     """settle_frames: a track read the same way 4 frames running is not read again, but only when each
     character of those reads is sure: a read whose whole confidence is high while one look-alike is a
     guess (the fixture's 02ZYA4 read O2ZYA4 with its first character at 0.83) keeps being read."""
+    from edge.assembly import build_loop
+    from edge.gps import NoGps
     from edge.tracking import Observation
 
     box = (100.0, 100.0, 200.0, 130.0)
     for name, first, settled in (("unsure", 0.83, False), ("sure", 0.95, True)):
-        pl = Pipeline(VideoFileSource(CLIP, pace=False), recognizer, Outbox(tmp_path / f"{name}.db"),
-                      Identity("d", Camera(id="c", owner="o")), NoGps(), PipelineOptions(topic="t"), keep_reads=True)
+        pl = build_loop(device_config(), VideoFileSource(CLIP, pace=False), Outbox(tmp_path / f"{name}.db"), NoGps(), video_stage)
         cc = (first,) + (0.99,) * 5
         whole = float(np.prod(cc) ** (1 / 6))
-        assert whole >= pl.o.settle_confidence  # the whole read is confident either way
-        for k in range(pl.o.settle_frames):
+        assert whole >= SETTLE_CONFIDENCE  # the whole read is confident either way
+        for k in range(pl.p.settle_frames):
             pl.tracker.update([Observation("O2ZYA4", whole, cc, box, t=k * 0.04)], k * 0.04)
-        got = pl._settled(box)
+        got = pl.settled(box)
         assert (got is not None) == settled, name
         if settled:
             assert got.text == "O2ZYA4"

@@ -1,6 +1,7 @@
 """The tracker with plain lists: no video."""
 
-from edge.tracking import Observation, Tracker, TrackerConfig, vote
+from edge.config import TrackingSection as TrackerConfig
+from edge.tracking import Observation, Tracker, vote
 
 
 def obs(text, box, t, conf=0.9, w=1280):

@@ -25,17 +25,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from edge.collector.store import Store
+from edge.plates import fold
 from edge.record import SCHEMA_ID, Read
 
 log = logging.getLogger("edge.collector")
 
 MAX_PAYLOAD = 512 * 1024
-FUZZY = str.maketrans({"O": "0", "I": "1", "B": "8", "S": "5", "Z": "2"})
-
-
 def fuzzy_key(text: str) -> str:
-    """Fold the letters OCR confuses with digits, so O/0, I/1, B/8, S/5, Z/2 read alike."""
-    return text.upper().translate(FUZZY)
+    """Fold the letters readers confuse with digits (edge.plates.fold), so O/0, I/1, Z/2, S/5, B/8 read alike."""
+    return fold(text)
 
 
 class Reject(Exception):

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from edge.vision.geometry import Letterbox, letterbox, nms
-from edge.vision.session import ModelError, OnnxModel
+from edge.vision.metadata import DetectorMeta, parse_meta
+from edge.vision.session import OnnxModel
 
 
 @dataclass
@@ -60,27 +61,12 @@ class PlateDetector:
 
     def __init__(self, path: str | Path, threads: int = 1, threshold: float | None = None, long_side: int | None = None):
         self.model = OnnxModel(path, threads=threads)
-        meta = self.model.meta
-        if meta.get("kind") != "plate-detector":
-            raise ModelError(f"{path}: not a plate-detector model (metadata kind={meta.get('kind')!r})")
-        self.stride = int(meta["stride"])
-        self.long_side = int(long_side or meta["long_side"])
-        self.multiple = int(meta.get("pad_multiple", 32))
-        self.threshold = float(threshold if threshold is not None else meta.get("threshold", 0.35))
-        # boxes scored between verify_threshold and threshold count as plates only when the reader reads
-        # them with at least verify_confidence (chosen by models/train/calibrate.py); absent: off
-        vt, vc = meta.get("verify_threshold"), meta.get("verify_confidence")
-        self.verify_threshold = float(vt) if vt is not None else None
-        self.verify_confidence = float(vc) if vc is not None else None
-        # at most this many boxes of the band are read per frame, the highest scored first (the
-        # reader's cost per frame stays bounded on a busy scene); absent: every box of the band
-        vm = meta.get("verify_max_boxes")
-        try:
-            self.verify_max_boxes = int(vm) if vm is not None else None
-        except (TypeError, ValueError):
-            self.verify_max_boxes = -1
-        if self.verify_max_boxes is not None and self.verify_max_boxes < 0:
-            raise ModelError(f"{path}: metadata verify_max_boxes={vm!r} is not a count of boxes (0 or more)")
+        self.meta = m = parse_meta(DetectorMeta, self.model.meta, path)
+        self.stride, self.multiple = m.stride, m.pad_multiple
+        self.long_side = int(long_side or m.long_side)
+        self.threshold = float(threshold if threshold is not None else m.threshold)
+        # the verify band (edge.vision.metadata.DetectorMeta): None when the model has none
+        self.verify_threshold, self.verify_confidence, self.verify_max_boxes = m.verify_threshold, m.verify_confidence, m.verify_max_boxes
 
     def detect(self, frame_bgr: np.ndarray, threshold: float | None = None) -> Detections:
         """Boxes scored at least `threshold` (default: the model's own)."""

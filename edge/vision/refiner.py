@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.vision.session import ModelError, OnnxModel
+from edge.vision.metadata import RefinerMeta, parse_meta
+from edge.vision.session import OnnxModel
 
 
 def context_matrix(box, context_x: float, context_y: float, out_w: int, out_h: int) -> np.ndarray:
@@ -50,15 +51,8 @@ class BoxRefiner:
 
     def __init__(self, path: str | Path, threads: int = 1):
         self.model = OnnxModel(path, threads=threads)
-        meta = self.model.meta
-        if meta.get("kind") != "plate-refiner":
-            raise ModelError(f"{path}: not a plate-refiner model (metadata kind={meta.get('kind')!r})")
-        try:
-            self.h, self.w = int(meta["height"]), int(meta["width"])
-            self.context_x, self.context_y = float(meta["context_x"]), float(meta["context_y"])
-            self.limit = float(meta.get("max_shift", 0.5))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{path}: refiner metadata incomplete ({e})") from None
+        self.meta = m = parse_meta(RefinerMeta, self.model.meta, path)
+        self.h, self.w, self.context_x, self.context_y, self.limit = m.height, m.width, m.context_x, m.context_y, m.max_shift
 
     def refine(self, frame_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)

@@ -22,7 +22,6 @@ band boxes of an image (`verify_max_boxes`), which bounds the reads a busy frame
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import cv2
@@ -30,6 +29,7 @@ import numpy as np
 
 from edge.vision.detector import PlateDetector
 from edge.vision.geometry import iou_matrix
+from models.train.common import read_meta, write_meta
 from models.train.detector import Scenes
 
 
@@ -90,10 +90,10 @@ def main(argv=None):
     import onnx
 
     m = onnx.load(str(a.detector))
-    meta = {p.key: p.value for p in m.metadata_props}
-    meta["threshold"] = json.dumps(chosen)
-    meta["calibration"] = json.dumps({"split": "5% of the trainable photos held out by detector.py (seed 0)", "iou": a.iou,
-                                      "min_precision": a.min_precision, "table": table})
+    meta = read_meta(m)
+    meta["threshold"] = chosen
+    meta["calibration"] = {"split": "5% of the trainable photos held out by detector.py (seed 0)", "iou": a.iou,
+                                      "min_precision": a.min_precision, "table": table}
     meta.pop("verify_threshold", None)
     meta.pop("verify_confidence", None)
     meta.pop("verify_calibration", None)
@@ -116,22 +116,20 @@ def main(argv=None):
                         if best is None or key > best[0]:
                             best = (key, low, vc, cap)
         if best is not None:
-            meta["verify_threshold"] = json.dumps(best[1])
-            meta["verify_confidence"] = json.dumps(best[2])
+            meta["verify_threshold"] = best[1]
+            meta["verify_confidence"] = best[2]
             meta.pop("verify_max_boxes", None)
             if best[3] is not None:
-                meta["verify_max_boxes"] = json.dumps(best[3])
+                meta["verify_max_boxes"] = best[3]
             print(f"verify rule: boxes scored {best[1]}..{chosen} (at most {best[3] or 'all'} per image, highest first) "
                   f"count when read with confidence >= {best[2]}")
         else:
             print("verify rule: no pair gains recall within the limits; off")
-        meta["verify_calibration"] = json.dumps({"reader": a.reader.name, "refiner": a.refiner.name if a.refiner else None,
+        meta["verify_calibration"] = {"reader": a.reader.name, "refiner": a.refiner.name if a.refiner else None,
                                                  "slack": a.verify_slack,
                                                  "max_extra_reads": a.verify_reads, "base": [round(v, 4) for v in base[:2]],
-                                                 "table": vtable})
-    del m.metadata_props[:]
-    for k, v in meta.items():
-        m.metadata_props.add(key=k, value=v)
+                                                 "table": vtable}
+    write_meta(m, meta)
     onnx.save(m, str(a.detector))
     print(f"threshold {chosen} written into {a.detector}")
 

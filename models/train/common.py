@@ -45,12 +45,24 @@ def save_onnx_with_meta(model, example, path: Path, input_names, output_names, d
         dynamo=False,
     )
     m = onnx.load(str(tmp))
-    del m.metadata_props[:]
-    for k, v in meta.items():
-        p = m.metadata_props.add()
-        p.key = k
-        p.value = json.dumps(v)
+    write_meta(m, meta)
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     tmp.unlink()
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
+
+
+def write_meta(m, meta: dict) -> None:
+    """Replace an ONNX model's metadata with `meta`, checked against its kind's schema
+    (edge/vision/metadata.py): a model the runtime cannot load is never written."""
+    from edge.vision.metadata import to_props
+
+    props = to_props(meta)
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+
+
+def read_meta(m) -> dict:
+    """An ONNX model's metadata as Python values."""
+    return {p.key: json.loads(p.value) for p in m.metadata_props}

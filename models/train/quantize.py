@@ -61,6 +61,8 @@ def quantize(src: Path, arrays: list[np.ndarray]) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from models.train.common import read_meta, write_meta
+
     dst = src.with_name(src.stem + ".int8.onnx")
     pre = src.with_name(src.stem + ".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -81,13 +83,10 @@ def quantize(src: Path, arrays: list[np.ndarray]) -> Path:
     )
     pre.unlink(missing_ok=True)
     m, q = onnx.load(str(src)), onnx.load(str(dst))
-    del q.metadata_props[:]
-    for p in m.metadata_props:
-        v = json.loads(p.value)
-        if p.key == "version":
-            v = f"{v}-int8"
-        q.metadata_props.add(key=p.key, value=json.dumps(v))
-    q.metadata_props.add(key="quantization", value=json.dumps("static int8 QDQ, per-channel 7-bit weights (reduce_range), MinMax calibration"))
+    meta = read_meta(m)
+    meta["version"] = f"{meta['version']}-int8"
+    meta["quantization"] = "static int8 QDQ, per-channel 7-bit weights (reduce_range), MinMax calibration"
+    write_meta(q, meta)
     onnx.save(q, str(dst))
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
     return dst

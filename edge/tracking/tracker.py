@@ -3,17 +3,26 @@
 A pure object: `Tracker.update(observations, now)` takes the plates read in one frame and returns
 the passes that ended. It needs no video: tests drive it with plain lists. The association cost is
 injectable (`distance=`); the default mixes box overlap (after a constant-velocity prediction),
-centre distance in plate widths, and text similarity.
+centre distance in plate widths, and text similarity. The frame loop asks it three questions:
+which box continues a settled read (`settled`), where tracked plates should be now (`look_around`),
+and the first frame an open track still needs (`first_open_frame`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from statistics import median
-from typing import Any
+from typing import Any, Literal
+
+from edge.config import TrackingSection
+from edge.plates import PLATE_MIN_CHARS
+from edge.record import Direction, Lateral
+from edge.tracking.vote import Candidate, direction, length_share, text_similarity, vote
+
+Box = tuple[float, float, float, float]
+KEEP_AFTER_EMIT = 32  # observations kept for a track that has already been emitted (memory stays bounded)
+SETTLED_IOU = 0.3  # a box continues a settled track when it overlaps the track's last box this much
 
 
 @dataclass
@@ -21,19 +30,12 @@ class Observation:
     text: str
     confidence: float
     char_confidences: tuple[float, ...]
-    box: tuple[float, float, float, float]
+    box: Box
     t: float  # monotonic seconds of the frame
     utc: datetime | None = None
     frame_seq: int = 0
     frame_size: tuple[int, int] = (0, 0)  # w, h
     payload: Any = None  # e.g. the crop, carried to the Pass untouched
-
-
-@dataclass
-class Candidate:
-    text: str
-    confidence: float
-    votes: int
 
 
 @dataclass
@@ -46,25 +48,9 @@ class Pass:
     first: Observation
     last: Observation
     frames: int
-    direction: str  # towards | away | unknown
-    lateral: str  # left | right | none
-    reason: str  # ended | max_duration | flush
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def text_similarity(a: str, b: str) -> float:
-    if not a or not b:
-        return 0.0
-    return 1.0 - edit_distance(a, b) / max(len(a), len(b))
+    direction: Direction
+    lateral: Lateral
+    reason: Literal["ended", "max_duration", "flush"]
 
 
 def iou(a, b) -> float:
@@ -111,66 +97,10 @@ def default_distance(track: Track, o: Observation) -> float | None:
     return (1 - ov) * 0.5 + min(dist, 4.0) / 8 + (1 - sim) * 0.5
 
 
-def vote(obs: list[Observation]) -> tuple[str, float, tuple[float, ...], list[Candidate]]:
-    """Per-character vote weighted by confidence among reads of the most supported length."""
-    by_len: dict[int, float] = defaultdict(float)
-    for o in obs:
-        by_len[len(o.text)] += o.confidence
-    n = max(by_len, key=lambda k: (by_len[k], k))
-    same = [o for o in obs if len(o.text) == n]
-    chars, confs = [], []
-    for i in range(n):
-        score: dict[str, float] = defaultdict(float)
-        for o in same:
-            c = o.char_confidences[i] if i < len(o.char_confidences) else o.confidence
-            score[o.text[i]] += c
-        ch = max(score, key=lambda k: score[k])
-        chars.append(ch)
-        confs.append(min(1.0, score[ch] / len(same)))  # agreement weighted by confidence
-    text = "".join(chars)
-    totals: dict[str, list[float]] = defaultdict(list)
-    for o in obs:
-        totals[o.text].append(o.confidence)
-    cands = sorted(
-        (Candidate(t, round(max(v), 4), len(v)) for t, v in totals.items() if t != text),
-        key=lambda c: (-c.votes * c.confidence, c.text),
-    )[:5]
-    conf = 1.0
-    for c in confs:
-        conf *= c
-    conf = conf ** (1 / max(1, len(confs)))
-    return text, round(conf, 4), tuple(round(c, 4) for c in confs), cands
-
-
-def length_share(obs: list[Observation], n: int) -> float:
-    """The share of a track's read confidence carried by its reads of n characters."""
-    total = sum(o.confidence for o in obs)
-    return sum(o.confidence for o in obs if len(o.text) == n) / total if total > 0 else 0.0
-
-
-@dataclass
-class TrackerConfig:
-    max_gap_s: float = 1.0  # a track ends when unseen this long
-    max_duration_s: float = 60.0  # a pass is emitted at the latest after this long
-    min_frames: int = 2  # fewer reads than this: not a pass (a one-frame misread)
-    min_confidence: float = 0.8  # voted confidence below this: not a pass (reads that disagree, or unsure ones)
-    # the reads of the voted length must carry at least this share of the track's read confidence: a
-    # plate is read at one length in most frames; a sign's lettering or a plate too small to read
-    # comes out a different length from frame to frame (the vote alone looks only at the reads of
-    # the most supported length)
-    min_length_share: float = 0.6
-    # plate height (median over the track's last third against its first) grew by this factor: towards
-    # the camera. The detector's boxes of a plate of constant size swing by up to 15% between the two
-    # ends of a track (fixture clips 03 and 06); an approaching car's plate grows 1.7-2.7x there.
-    towards_ratio: float = 1.25
-    lateral_frac: float = 0.05  # centre moved this fraction of the frame width: left/right
-    keep_after_emit: int = 32  # observations kept for a track that has already been emitted
-    repeat_window_s: float = 10.0  # the same plate again this soon (e.g. after an occlusion) is the same pass
-
-
 class Tracker:
-    def __init__(self, config: TrackerConfig | None = None, distance: Callable[[Track, Observation], float | None] = default_distance):
-        self.c = config or TrackerConfig()
+    def __init__(self, config: TrackingSection | None = None,
+                 distance: Callable[[Track, Observation], float | None] = default_distance):
+        self.c = config or TrackingSection()
         self.distance = distance
         self.tracks: list[Track] = []
         self._next = 1
@@ -225,8 +155,8 @@ class Tracker:
             else:
                 o.payload = None
         tr.obs.append(o)
-        if tr.emitted and len(tr.obs) > self.c.keep_after_emit:
-            del tr.obs[1 : len(tr.obs) - self.c.keep_after_emit + 1]
+        if tr.emitted and len(tr.obs) > KEEP_AFTER_EMIT:
+            del tr.obs[1 : len(tr.obs) - KEEP_AFTER_EMIT + 1]
 
     def flush(self) -> list[Pass]:
         """End every open track (end of stream, shutdown)."""
@@ -234,11 +164,11 @@ class Tracker:
         self.tracks = []
         return out
 
-    def _finish(self, tr: Track, reason: str) -> Pass | None:
+    def _finish(self, tr: Track, reason: Literal["ended", "max_duration", "flush"]) -> Pass | None:
         if len(tr.obs) < self.c.min_frames:
             return None
         text, conf, cc, cands = vote(tr.obs)
-        if conf < self.c.min_confidence or len(text) < 2 or length_share(tr.obs, len(text)) < self.c.min_length_share:
+        if conf < self.c.min_confidence or len(text) < PLATE_MIN_CHARS or length_share(tr.obs, len(text)) < self.c.min_length_share:
             return None
         t0 = tr.obs[0].t
         self.recent = [(x, t) for x, t in self.recent if t0 - t <= self.c.repeat_window_s]
@@ -250,27 +180,37 @@ class Tracker:
         with_image = [o for o in tr.obs if o.payload is not None]
         agreeing = [o for o in with_image if o.text == text] or with_image or [o for o in tr.obs if o.text == text] or tr.obs
         best = max(agreeing, key=lambda o: (o.confidence, o.box[2] - o.box[0]))
-        return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), *self._direction(tr), reason)
+        towards, lateral = direction(tr.obs, tr.obs[0].frame_size[0], self.c.towards_ratio, self.c.lateral_frac)
+        return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), towards, lateral, reason)
 
-    def _direction(self, tr: Track) -> tuple[str, str]:
-        # Medians over the first and last thirds of the track: a detector's box height swings by a
-        # fifth from frame to frame, and a plate half hidden by a passing car for its last few frames
-        # shrinks; means over quarters called a crossing car (constant size) "away" on that.
-        k = max(1, len(tr.obs) // 3)
-        head, tail = tr.obs[:k], tr.obs[-k:]
-        h0 = median([o.box[3] - o.box[1] for o in head])
-        h1 = median([o.box[3] - o.box[1] for o in tail])
-        x0 = median([(o.box[0] + o.box[2]) / 2 for o in head])
-        x1 = median([(o.box[0] + o.box[2]) / 2 for o in tail])
-        direction = "unknown"
-        if h0 > 0 and h1 / h0 >= self.c.towards_ratio:
-            direction = "towards"
-        elif h1 > 0 and h0 / h1 >= self.c.towards_ratio:
-            direction = "away"
-        fw = tr.obs[0].frame_size[0] or max(o.box[2] for o in tr.obs)
-        lateral = "none"
-        if x1 - x0 > self.c.lateral_frac * fw:
-            lateral = "right"
-        elif x0 - x1 > self.c.lateral_frac * fw:
-            lateral = "left"
-        return direction, lateral
+    # ---------------------------------------------------------- what the frame loop asks
+
+    @property
+    def busy(self) -> bool:
+        """Whether any plate is being tracked."""
+        return bool(self.tracks)
+
+    def settled(self, box: Box, frames: int, min_char_confidence: float) -> Observation | None:
+        """The last read of a track that this box continues and whose text is settled: the same text
+        `frames` frames running, each of its characters read with at least `min_char_confidence`.
+        Reading it again would only cost time. One unsure character keeps the track being read: a
+        closer, sharper view may settle it (a whole read's confidence can be high while one
+        look-alike is a guess)."""
+        if frames <= 0:
+            return None
+        for tr in self.tracks:
+            recent = tr.obs[-frames:]
+            if (len(recent) == frames and iou(tr.last.box, box) >= SETTLED_IOU
+                    and all(o.text == tr.last.text and min(o.char_confidences, default=o.confidence) >= min_char_confidence
+                            for o in recent)):
+                return tr.last
+        return None
+
+    def look_around(self, t: float) -> list[Box]:
+        """Where the plates of tracks seen within max_gap_s should be at time t."""
+        return [tr.predicted_box(t) for tr in self.tracks if t - tr.last.t <= self.c.max_gap_s]
+
+    def first_open_frame(self) -> int | None:
+        """The first frame a track not yet emitted holds (None: none open): frames before it are
+        finished with, every pass they hold already returned."""
+        return min((tr.obs[0].frame_seq for tr in self.tracks if not tr.emitted), default=None)

@@ -1,0 +1,108 @@
+"""What the device reports about itself: counters and stage times kept by the frame loop, read by the
+heartbeat and the MQTT health message from their own threads; systemd's notify socket."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import resource
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("edge.health")
+KEEP_TIMES = 200  # stage times kept per stage for the medians
+
+
+class Health:
+    """A registry safe to read from any thread: counters, stage times, and providers (functions
+    asked for their part when a snapshot is taken; one that raises shows as its error, the snapshot
+    is still made)."""
+
+    def __init__(self, device_id: str):
+        self.device_id = device_id
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._times: dict[str, collections.deque[float]] = {}
+        self._providers: dict[str, Callable[[], Any]] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counts[name] += int(n)
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def time(self, name: str, ms: float) -> None:
+        with self._lock:
+            self._times.setdefault(name, collections.deque(maxlen=KEEP_TIMES)).append(ms)
+
+    def medians(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(statistics.median(v), 2) for k, v in self._times.items() if v}
+
+    def provide(self, name: str, fn: Callable[[], Any]) -> None:
+        with self._lock:
+            self._providers[name] = fn
+
+    def snapshot(self) -> dict[str, Any]:
+        up = max(1e-6, time.monotonic() - self.started)
+        counts = self.counts()
+        out: dict[str, Any] = {
+            "device_id": self.device_id,
+            "time": datetime.now(UTC).isoformat(),
+            "uptime_s": round(up, 1),
+            "fps_captured": round(counts.get("captured", 0) / up, 2),
+            "fps_processed": round(counts.get("processed", 0) / up, 2),
+            "frames": counts,
+            "stage_ms": self.medians(),
+            "cpu_temp_c": cpu_temperature(),
+            "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        with self._lock:
+            providers = dict(self._providers)
+        for name, fn in providers.items():
+            try:
+                out[name] = fn()
+            except Exception as e:  # one broken part must not take the others' report with it
+                out[name] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+
+def cpu_temperature() -> float | None:
+    try:
+        with open("/sys/class/thermal/thermal_zone0/temp") as f:
+            return round(int(f.read().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+class SdNotify:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        env = dict(os.environ) if env is None else env
+        addr = env.get("NOTIFY_SOCKET")
+        usec = env.get("WATCHDOG_USEC")
+        self.watchdog_s = int(usec) / 1e6 if usec and usec.isdigit() else None
+        self.addr = "\0" + addr[1:] if addr and addr.startswith("@") else addr
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if self.addr else None
+
+    def send(self, msg: str) -> None:
+        if self.sock is not None and self.addr:
+            try:
+                self.sock.sendto(msg.encode(), self.addr)
+            except OSError as e:
+                log.debug("sd_notify failed: %s", e)
