@@ -48,6 +48,7 @@ image: setup
 
 lint: setup
 	$(BIN)/ruff check edge tests models/train
+	$(BIN)/mypy
 
 # Score detector+reader on the openalpr-endtoend development split (one thread, as the floors are set)
 eval: setup

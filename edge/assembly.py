@@ -59,13 +59,20 @@ def stage_settings(p: PipelineSection, still: bool = False) -> StageSettings:
     )
 
 
+def build_reader(p: PipelineSection) -> PlateReader:
+    """The reader model alone (`edge eval --crops`), with the plate rules of `[pipeline] regions`."""
+    reader = PlateReader(model_dir(p) / model_files(p.int8)[1], threads=p.threads)
+    reader.rules = rules_for(p.regions)
+    return reader
+
+
 def build_stage(p: PipelineSection, still: bool = False) -> PlateStage:
     """The models of `[pipeline]` (model_dir, int8, refine, threads) loaded into a plate stage.
     Raises edge.vision.session.ModelError for a missing or malformed model."""
     folder = model_dir(p)
-    det_file, reader_file = model_files(p.int8)
+    det_file = model_files(p.int8)[0]
     detector = PlateDetector(folder / det_file, threads=p.threads)
-    reader = PlateReader(folder / reader_file, threads=p.threads)
+    reader = build_reader(p)
     rf = folder / REFINER_FILE
     refiner = BoxRefiner(rf, threads=p.threads) if p.refine and rf.is_file() else None
     return PlateStage(detector, reader, refiner, stage_settings(p, still))

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -73,7 +74,7 @@ def run_bench(path: Path, cfg: Config, max_frames: int = 300, repeats: int = 3, 
                 stage_ms.setdefault(k, []).append(v)
             reads = loop.health["reads"]
             ob.close()
-    res = {
+    res: dict[str, Any] = {
         "video": str(path),
         "frames": n,
         "threads": cfg.pipeline.threads,

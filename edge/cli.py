@@ -45,7 +45,9 @@ def cmd_eval(args) -> int:
     from edge.evaluate import run_crops_eval, run_eval
 
     if args.crops:
-        run_crops_eval(Path(args.crops), _stage(args, still=True).reader, Path(args.out) if args.out else None,
+        from edge.assembly import build_reader
+
+        run_crops_eval(Path(args.crops), build_reader(_pipeline_section(args)), Path(args.out) if args.out else None,
                        region_from_state=args.region_from_folder)
         return 0
     if not args.dir:

@@ -98,7 +98,7 @@ class MqttSection(Section):
             p = resolve_secret(getattr(self, k))
             if p is not None and str(p).startswith("credential:"):
                 continue  # only there when systemd runs the service
-            if p is not None and offline:
+            if p is not None and offline and info.context is not None:
                 info.context.setdefault("unchecked", []).append(f"mqtt.{k}: {p} not checked (it lives on the device)")
                 continue
             if p is not None and not Path(p).is_file():
@@ -204,7 +204,8 @@ def _wants_text(section: str, key: str) -> bool:
     import typing
 
     sec = Config.model_fields.get(section)
-    field = sec.annotation.model_fields.get(key) if sec is not None and hasattr(sec.annotation, "model_fields") else None
+    model = sec.annotation if sec is not None else None
+    field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
     if field is None:
         return False
     ann = field.annotation

@@ -29,7 +29,8 @@ class _Trouble:
 
     def __init__(self, what: str, every_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self.what, self.every_s, self.clock = what, every_s, clock
-        self.failures, self.last_said = 0, None
+        self.failures = 0
+        self.last_said: float | None = None
 
     def failed(self, err: object) -> None:
         self.failures += 1

@@ -1,8 +1,10 @@
 """MQTT publisher: drains the outbox at QoS 1, deleting a record only after the broker's PUBACK.
 
-paho-mqtt 2.x; MQTT 5 with a fallback to 3.1.1 when the broker refuses the protocol version;
-TLS with server verification and optional client certificates, or username/password; a retained
-status topic (`online`, with last-will `offline`) and a periodic health message.
+Two parts: `MqttTransport` is the connection (paho-mqtt 2.x; MQTT 5 with a fallback to 3.1.1 when
+the broker refuses the protocol version; TLS with server verification and optional client
+certificates, or username/password; a retained status topic, `online` with last-will `offline`);
+`OutboxDrain` is the bookkeeping of which outbox records are in flight and which the broker has
+acknowledged. `Publisher` runs the two with a periodic health message.
 
 Topics (prefix `lpr/v1` by default):
     <prefix>/<device_id>/reads    one Read record (JSON), QoS 1, not retained
@@ -65,39 +67,34 @@ class PublisherStats:
     extra: dict = field(default_factory=dict)
 
 
-class Publisher:
-    def __init__(
-        self,
-        settings: MqttSettings,
-        device_id: str,
-        outbox: Outbox,
-        health: Callable[[], dict] | None = None,
-    ):
+class MqttTransport:
+    """The broker connection. Tells `on_ack(mid, reason_code)` of each PUBACK and `on_lost()` when the
+    connection drops (every unacknowledged message is then forgotten by the broker's side of paho)."""
+
+    def __init__(self, settings: MqttSettings, device_id: str, on_ack: Callable[[int, object], None],
+                 on_lost: Callable[[], None], on_ready: Callable[[], None]):
         self.s = settings
         self.device_id = device_id
-        self.outbox = outbox
-        self.health = health
         self.t = topics(settings.topic_prefix, device_id)
         self.stats = PublisherStats()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._inflight: dict[int, int] = {}  # mid -> outbox seq
-        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
-        self._acking: set[int] = set()  # acknowledged, being deleted from the outbox
-        self._publishing = False  # a read's publish() call is in progress (its PUBACK may beat the mid)
-        self._thread: threading.Thread | None = None
+        self.on_ack, self.on_lost, self.on_ready = on_ack, on_lost, on_ready
+        self.closing = threading.Event()
+        self.fallback = False
         self._proto = mqtt.MQTTv5 if settings.protocol in ("5", "auto") else mqtt.MQTTv311
         self._client = self._make_client()
 
-    # -------------------------------------------------------------- client
+    def _status(self, state: str) -> str:
+        body: dict = {"state": state, "device_id": self.device_id}
+        if state == "online":
+            body["time"] = time.time()
+        return json.dumps(body)
 
     def _make_client(self) -> mqtt.Client:
         s = self.s
         cid = s.client_id or f"edge-{self.device_id}"
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=self._proto,
                         clean_session=None if self._proto == mqtt.MQTTv5 else True)
-        c.will_set(self.t["status"], json.dumps({"state": "offline", "device_id": self.device_id}), qos=1, retain=True)
+        c.will_set(self.t["status"], self._status("offline"), qos=1, retain=True)
         if s.username:
             c.username_pw_set(s.username, s.password)
         if s.tls or s.cafile or s.certfile:
@@ -115,61 +112,184 @@ class Publisher:
             self.stats.last_error = f"connect refused: {reason_code}"
             log.warning("broker refused connection: %s", reason_code)
             if self.s.protocol == "auto" and self._proto == mqtt.MQTTv5 and "protocol" in str(reason_code).lower():
-                self._fallback = True
+                self.fallback = True
             return
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.protocol = "5" if self._proto == mqtt.MQTTv5 else "3.1.1"
-        client.publish(self.t["status"], json.dumps({"state": "online", "device_id": self.device_id, "time": time.time()}),
-                       qos=1, retain=True)
+        client.publish(self.t["status"], self._status("online"), qos=1, retain=True)
         log.info("connected to %s:%s (MQTT %s)", self.s.host, self.s.port, self.stats.protocol)
-        self._wake.set()
+        self.on_ready()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        if self._stop.is_set():
+        if self.closing.is_set():
             log.debug("disconnected from broker on close: %s", reason_code)  # a clean exit is not a warning
         elif self.stats.connected:
             self.stats.disconnects += 1
             log.warning("disconnected from broker: %s", reason_code)
         self.stats.connected = False
-        with self._lock:
-            self._inflight.clear()  # unacknowledged records stay in the outbox and are sent again
-            self._early.clear()
+        self.on_lost()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self.on_ack(mid, reason_code)
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connected
+
+    def start(self) -> None:
+        self.fallback = False
+        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
+        self._client.loop_start()
+
+    def switch_to_311(self) -> None:
+        log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
+        self.fallback = False
+        self._client.loop_stop()
+        self._proto = mqtt.MQTTv311
+        self._client = self._make_client()
+        self.start()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> tuple[bool, int]:
+        """(accepted by paho for sending, message id)."""
+        info = self._client.publish(topic, payload, qos=qos)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS, info.mid
+
+    def close(self) -> None:
+        """Say `offline` (retained) when connected, then disconnect."""
+        if self.stats.connected:
+            try:
+                info = self._client.publish(self.t["status"], self._status("offline"), qos=1, retain=True)
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self.closing.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+class OutboxDrain:
+    """Which outbox records are in flight, sent through `transport`; a record leaves the outbox only
+    when the broker acknowledged it. A PUBACK may arrive before paho's publish() has returned the
+    message id: it is remembered for the record being published, and for nothing else (a reused id
+    must never delete a record that was not acknowledged)."""
+
+    def __init__(self, outbox: Outbox, max_inflight: int, on_progress: Callable[[], None]):
+        self.outbox, self.max_inflight, self.on_progress = outbox, max_inflight, on_progress
+        self.stats: PublisherStats | None = None
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        self._acking: set[int] = set()  # acknowledged, being deleted from the outbox
+        self._publishing = False  # a read's publish() call is in progress (its PUBACK may beat the mid)
+
+    def lost(self) -> None:
+        """The connection dropped: unacknowledged records stay in the outbox and are sent again."""
+        with self._lock:
+            self._inflight.clear()
+            self._early.clear()
+
+    def acked(self, mid: int, reason_code) -> None:
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 # only a read being published right now can be acknowledged before we know its mid;
-                # anything else (status, health, paho's own resends) must not be remembered, or a
-                # reused mid would later delete a read that was never acknowledged
+                # anything else (status, health, paho's own resends) must not be remembered
                 if self._publishing:
                     self._early.add(mid)
                 return
             self._acking.add(seq)
-        self._acked(seq, reason_code)
+        self._settle(seq, reason_code)
 
-    def _acked(self, seq: int, reason_code) -> None:
+    def _settle(self, seq: int, reason_code) -> None:
         """Called with `seq` in _acking, so the sender does not pick it up again meanwhile."""
+        st = self.stats
         try:
             if reason_code is not None and getattr(reason_code, "is_failure", False):
-                self.stats.refused += 1
-                self.stats.last_error = f"publish refused: {reason_code}"
+                if st:
+                    st.refused += 1
+                    st.last_error = f"publish refused: {reason_code}"
                 log.warning("broker refused read seq %s: %s (kept in outbox)", seq, reason_code)
                 return
             self.outbox.ack(seq)
-            self.stats.acked += 1
-            self._wake.set()
+            if st:
+                st.acked += 1
+            self.on_progress()
         finally:
             with self._lock:
                 self._acking.discard(seq)
 
-    # -------------------------------------------------------------- loop
+    def send(self, transport: MqttTransport) -> None:
+        """Send what the in-flight window has room for."""
+        with self._lock:
+            busy = set(self._inflight.values()) | self._acking
+            room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for item in self.outbox.peek(limit=room + len(busy)):
+            if item.seq in busy:
+                continue
+            if not transport.connected:
+                return
+            with self._lock:  # acknowledged since the snapshot above: do not send it again
+                if item.seq in self._acking or item.seq in self._inflight.values():
+                    continue
+                self._early.clear()
+                self._publishing = True
+            try:
+                ok, mid = transport.publish(item.topic, item.payload, qos=1)
+            except Exception:
+                with self._lock:
+                    self._publishing = False
+                raise
+            with self._lock:
+                # still "publishing" until the mid is registered: a PUBACK may arrive in between
+                self._publishing = False
+                early = ok and mid in self._early
+                self._early.clear()
+                if early:
+                    self._acking.add(item.seq)
+                elif ok:
+                    self._inflight[mid] = item.seq
+            if not ok:
+                return  # not connected after all: the record stays queued
+            if self.stats:
+                self.stats.published += 1
+            self.outbox.mark_attempt(item.seq)
+            if early:
+                self._settle(item.seq, None)
+            room -= 1
+            if room <= 0:
+                return
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        device_id: str,
+        outbox: Outbox,
+        health: Callable[[], dict] | None = None,
+    ):
+        self.s = settings
+        self.device_id = device_id
+        self.outbox = outbox
+        self.health = health
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.drain = OutboxDrain(outbox, settings.max_inflight, self._wake.set)
+        self.transport = MqttTransport(settings, device_id, on_ack=self.drain.acked, on_lost=self.drain.lost,
+                                       on_ready=self._wake.set)
+        self.drain.stats = self.transport.stats
+        self.t = self.transport.t
+
+    @property
+    def stats(self) -> PublisherStats:
+        return self.transport.stats
 
     def start(self) -> None:
-        self._fallback = False
-        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
-        self._client.loop_start()
+        self.transport.start()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
 
@@ -180,74 +300,23 @@ class Publisher:
     def _run(self) -> None:
         next_health = time.monotonic() + 1.0
         while not self._stop.is_set():
-            if self._fallback:
-                self._switch_to_311()
-            if self.stats.connected:
-                self._send_batch()
+            if self.transport.fallback:
+                self.transport.switch_to_311()
+            if self.transport.connected:
+                self.drain.send(self.transport)
                 if self.health and time.monotonic() >= next_health:
                     try:
-                        self._client.publish(self.t["health"], json.dumps(self.health()), qos=0)
+                        self.transport.publish(self.t["health"], json.dumps(self.health(), default=str), qos=0)
                     except Exception as e:  # health must never stop publishing reads
                         log.warning("health message failed: %s", e)
                     next_health = time.monotonic() + self.s.health_interval_s
             self._wake.wait(0.5)
             self._wake.clear()
 
-    def _switch_to_311(self) -> None:
-        log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
-        self._fallback = False
-        self._client.loop_stop()
-        self._proto = mqtt.MQTTv311
-        self._client = self._make_client()
-        self._client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
-        self._client.loop_start()
-
-    def _send_batch(self) -> None:
-        with self._lock:
-            busy = set(self._inflight.values()) | self._acking
-            room = self.s.max_inflight - len(self._inflight)
-        if room <= 0:
-            return
-        for item in self.outbox.peek(limit=room + len(busy)):
-            if item.seq in busy:
-                continue
-            if not self.stats.connected:
-                return
-            with self._lock:  # acknowledged since the snapshot above: do not send it again
-                if item.seq in self._acking or item.seq in self._inflight.values():
-                    continue
-                self._early.clear()
-                self._publishing = True
-            try:
-                info = self._client.publish(item.topic, item.payload, qos=1)
-            except Exception:
-                with self._lock:
-                    self._publishing = False
-                raise
-            ok = info.rc == mqtt.MQTT_ERR_SUCCESS
-            with self._lock:
-                # still "publishing" until the mid is registered: a PUBACK may arrive in between
-                self._publishing = False
-                early = ok and info.mid in self._early
-                self._early.clear()
-                if early:
-                    self._acking.add(item.seq)
-                elif ok:
-                    self._inflight[info.mid] = item.seq
-            if not ok:
-                return  # not connected after all: the record stays queued
-            self.stats.published += 1
-            self.outbox.mark_attempt(item.seq)
-            if early:
-                self._acked(item.seq, None)
-            room -= 1
-            if room <= 0:
-                return
-
     def wait_connected(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.stats.connected:
+            if self.transport.connected:
                 return True
             time.sleep(0.05)
         return False
@@ -263,17 +332,10 @@ class Publisher:
         return self.outbox.backlog() == 0
 
     def stop(self, flush_timeout: float = 5.0) -> None:
-        if self.stats.connected:
+        if self.transport.connected:
             self.flush(flush_timeout)
-            try:
-                info = self._client.publish(self.t["status"], json.dumps({"state": "offline", "device_id": self.device_id}),
-                                            qos=1, retain=True)
-                info.wait_for_publish(2.0)
-            except (RuntimeError, ValueError):
-                pass
         self._stop.set()
         self._wake.set()
         if self._thread:
             self._thread.join(5)
-        self._client.disconnect()
-        self._client.loop_stop()
+        self.transport.close()

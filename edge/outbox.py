@@ -141,7 +141,7 @@ class Outbox:
             free += row[1]
 
     def _follow_clock_steps(self) -> None:
-        if self._anchor is None:
+        if self._anchor is None or self.steady is None:
             return
         wall, steady = self.clock(), self.steady()
         step = (wall - self._anchor[0]) - (steady - self._anchor[1])

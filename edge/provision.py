@@ -71,8 +71,8 @@ def _writing(folder: Path):
     try:
         for name, (data, private) in files.items():
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
         if whole:
             os.chmod(tmp, 0o700 if "ca.key" in files else 0o755)  # the CA folder stays private
             os.replace(tmp, folder)  # onto an empty folder too
@@ -126,7 +126,10 @@ def _load_ca(ca_dir: Path):
         cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     except (ValueError, TypeError) as e:
         raise ProvisionError(f"{ca_dir}: ca.key / ca.crt are not a PEM key and certificate ({e})") from None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ProvisionError(f"{ca_dir}: ca.key is not an EC key (edge provision ca makes P-256 keys)")
+    pub = cert.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.public_numbers() != key.public_key().public_numbers():
         raise ProvisionError(f"{ca_dir}: ca.key is not the key of ca.crt")
     return key, cert
 

@@ -140,7 +140,7 @@ class Device(Strict):
 
 
 class Read(Strict):
-    schema_: Literal["lpr.read/1"] = Field(default=SCHEMA_ID, alias="schema")
+    schema_: Literal["lpr.read/1"] = Field(default="lpr.read/1", alias="schema")
     read_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description="UUIDv7, same across retries")
     time: UtcTime = Field(description="UTC time of the best frame")
     plate: Plate

@@ -42,11 +42,11 @@ class RunError(Exception):
 
 def build_gps(cfg: Config) -> GpsSource:
     g = cfg.gps
-    if g.mode == "fixed":
+    if g.mode == "fixed" and g.lat is not None and g.lon is not None:  # the config requires both
         return FixedGps(g.lat, g.lon, g.alt_m, max_age_s=g.max_age_s)
     if g.mode == "gpsd":
         return GpsdClient(g.host, g.port, max_age_s=g.max_age_s)
-    if g.mode == "nmea":
+    if g.mode == "nmea" and g.device:
         return NmeaSerial(g.device, g.baud, max_age_s=g.max_age_s)
     return NoGps(max_age_s=g.max_age_s)
 
@@ -57,7 +57,7 @@ def mqtt_settings(cfg: Config) -> MqttSettings:
     m = cfg.mqtt
     password = m.password
     if m.password_file is not None:
-        password = Path(resolve_secret(m.password_file)).read_text().strip()
+        password = Path(resolve_secret(m.password_file) or m.password_file).read_text().strip()
     return MqttSettings(
         host=m.host, port=m.port, keepalive=m.keepalive, client_id=m.client_id, protocol=m.protocol,
         topic_prefix=m.topic_prefix, username=m.username, password=password, tls=m.tls,

@@ -51,7 +51,7 @@ def test_eval_reads_still_images_with_the_still_confidence_floor(scene_run):
     _, out = scene_run
     for bad in ("2", "-0.1"):
         r = run_edge("eval", str(DATA / "scenes"), "--out", str(out.parent / "bad.jsonl"), "--min-confidence", bad)
-        assert r.returncode == 2 and f"--min-confidence: input should be " in r.stderr and f"got {float(bad)}" in r.stderr
+        assert r.returncode == 2 and "--min-confidence: input should be " in r.stderr and f"got {float(bad)}" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (out.parent / "bad.jsonl").exists()
     confs = [p["confidence"] for line in out.read_text().splitlines() for p in json.loads(line)["plates"]]
     assert confs and min(confs) >= STILL_MIN_CONFIDENCE

@@ -174,6 +174,7 @@ def test_the_stage_finds_and_reads_rendered_scenes(stage):
 
 def test_verify_rule_takes_low_scored_boxes_only_when_read_confidently():
     from edge.vision.reader import TextRead
+
     from .conftest import make_stage
 
     rec = make_stage()

@@ -167,7 +167,7 @@ def test_list_settings_can_be_overridden_from_the_environment(tmp_path):
     assert cfg.pipeline.regions == ["uk", "eu"]
     with pytest.raises(ConfigError) as e:
         load_config(f, env={"EDGE_PIPELINE__REGIONS": '["xx"]'})
-    assert "pipeline.regions.0" in str(e.value)
+    assert "pipeline.regions: unknown region 'xx'" in str(e.value)
 
 
 def test_version_python_m_edge_and_iso_times_in_json_logs(tmp_path):

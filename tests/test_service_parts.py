@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from edge.capture.sources import VideoFileSource
-from edge.health import Health, SdNotify
+from edge.health import SdNotify
 from edge.outbox import Outbox
 from edge.plates import region_guess
 from edge.record import Read

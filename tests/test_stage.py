@@ -114,7 +114,7 @@ def test_misfits_are_read_again_in_video_too():
 
 
 def test_the_config_the_reader_and_the_eval_take_their_regions_from_one_table():
-    from edge.config import ConfigError, PipelineSection, load_config
+    from edge.config import PipelineSection
 
     assert REGION_CODES == tuple(sorted(REGIONS)) == ("br", "eu", "uk", "us")
     assert PipelineSection.model_json_schema()["properties"]["regions"]["items"]["enum"] == list(REGION_CODES)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -189,7 +190,7 @@ class PiCameraSource(FrameSource):
     def __init__(self, width=1920, height=1080, lores_width=640, fps=15.0, exposure_us: int | None = 2000,
                  stop: threading.Event | None = None, retry_max_s: float = 30.0):
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError:
             raise CaptureError(
                 "picamera2 is not installed: on Raspberry Pi OS `apt install python3-picamera2` and make the venv with "
@@ -204,7 +205,7 @@ class PiCameraSource(FrameSource):
         self.exposure_us = exposure_us
         self.stop_event = stop or threading.Event()
         self.retry_max_s = retry_max_s
-        self.cam = None
+        self.cam: Any = None
         self.reconnects = 0
         self._start()
 

@@ -7,6 +7,7 @@ import statistics
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,8 +19,7 @@ from edge.record import uuid7
 
 def jpeg_of_size(target: int = 20_000, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (120, 240, 3), dtype=np.uint8)
-    img = cv2.GaussianBlur(img, (3, 3), 0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (120, 240, 3), dtype=np.uint8), (3, 3), 0)
     lo, hi = 5, 100
     best = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
     while lo <= hi:  # the lowest quality that reaches the target size
@@ -61,7 +61,7 @@ def run(store: Store, n: int = 3000, batch: int = 100, stream=sys.stdout) -> dic
     total = time.perf_counter() - t_all
     if stored != n:
         raise RuntimeError(f"bench: only {stored} of {n} reads were stored")
-    res = {"engine": store.engine, "reads": n, "batch": batch, "image_bytes": len(base64.b64decode(imgs[1])),
+    res: dict[str, Any] = {"engine": store.engine, "reads": n, "batch": batch, "image_bytes": len(base64.b64decode(imgs[1])),
            "reads_per_s": round(n / total, 1), "batch_rate_median": round(statistics.median(rates), 1)}
     print(f"ingest {store.engine}: {n} reads with ~{res['image_bytes'] // 1000} KB images in batches of {batch}: "
           f"{res['reads_per_s']:.0f} reads/s overall (median batch {res['batch_rate_median']:.0f} reads/s)", file=stream)

@@ -99,9 +99,11 @@ def _query_args(args):
     q = Query(plate=args.plate, match=args.match, camera=args.camera, site=args.site, limit=args.limit)
     try:
         if args.near:
-            q.near = floats(args.near, 3, "--near")  # type: ignore[assignment]
+            lat, lon, km = floats(args.near, 3, "--near")
+            q.near = (lat, lon, km)
         if args.box:
-            q.box = floats(args.box, 4, "--box")  # type: ignore[assignment]
+            a, b, c, d = floats(args.box, 4, "--box")
+            q.box = (a, b, c, d)
         if args.since:
             q.since_ms = parse_time(args.since)
         if args.until:

@@ -201,7 +201,7 @@ class Governance:
         self.s.execute("UPDATE approvals SET approver = ?, approved = ? WHERE id = ?", (actor, self.now_ms(), request_id))
         self.audit(actor, "approval.grant", {"id": request_id, "requester": r[0]})
 
-    def use_approval(self, actor: str, case_id: str, query: dict, approval: str | None) -> str:
+    def use_approval(self, actor: str, case_id: str, query: dict, approval: str | None) -> str | None:
         """Check a movement-history query against its approval (or file a request and refuse)."""
         if approval:
             r = self.s.one("SELECT requester, case_id, query, approver, used FROM approvals WHERE id = ?", (approval,))

@@ -8,6 +8,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from edge.collector.governance import DAY_MS, MAX_WINDOW_MS, AccessDenied, Governance
 from edge.collector.ingest import fuzzy_key
@@ -71,11 +72,13 @@ def _search(gov: Governance, user: str, case_id: str | None, query: Query, appro
     if role == "admin":
         raise AccessDenied(f"user {user!r} (admin) manages the system and may not search reads")
     gov.check_case(case_id)
+    assert case_id is not None  # check_case refused a query without one
     q = query.normalised(gov.now_ms())
     if q.plate and role == "viewer":
         raise AccessDenied(f"user {user!r} (viewer) may not search by plate")
     qdict = asdict(q)
-    history = bool(q.plate) and (q.until_ms - q.since_ms) > gov.p.history_hours * 3_600_000
+    since, until = int(q.since_ms or 0), int(q.until_ms or 0)  # normalised: both set
+    history = bool(q.plate) and (until - since) > gov.p.history_hours * 3_600_000
     used = None
     if history:
         # the approval binds the query as it was asked (so a default window means the same on a re-run)
@@ -98,7 +101,8 @@ def _search(gov: Governance, user: str, case_id: str | None, query: Query, appro
 
 
 def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
-    where, params = ["ts >= ?", "ts <= ?"], [q.since_ms, q.until_ms]
+    where: list[str] = ["ts >= ?", "ts <= ?"]
+    params: list[Any] = [q.since_ms, q.until_ms]
     if q.plate:
         if q.match == "exact":
             where.append("plate = ?")

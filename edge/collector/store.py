@@ -103,6 +103,7 @@ class Store:
         kind, path = parse_db_url(url)
         self.url = url
         self.lock = threading.RLock()
+        self.conn: Any  # a psycopg or sqlite3 connection
         if kind == "postgresql":
             try:
                 import psycopg

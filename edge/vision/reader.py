@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,11 @@ MAX_SWAPS = 2  # a read that needs more look-alike swaps to fit a format is not 
 FORMAT_RATIO = 0.15  # adopt a format when its reading keeps at least this share of the best path's probability
 
 
-def apply_glyphs(read: TextRead, glyphs: dict[str, str], digit_bars: bool = False) -> TextRead:
+def apply_glyphs(read: TextRead, glyphs: Mapping[str, str], digit_bars: bool = False) -> TextRead:
     """Write each character as its region records it (edge.plates.Region.glyphs, digit_bars);
     confidences are unchanged."""
-    text = read.text.translate(str.maketrans(glyphs)) if glyphs else read.text
+    table: dict[str, str | int | None] = dict(glyphs)
+    text = read.text.translate(str.maketrans(table)) if glyphs else read.text
     if digit_bars:
         text = _DIGIT_BAR.sub("1", text)
         if sum(ch.isdigit() for ch in text) >= LEADING_BAR_MIN_DIGITS:
@@ -172,7 +174,7 @@ class PlateReader:
         probs = self.model.run(x)[0]
         reads = [ctc_greedy(p, self.charset, self.blank, r.formats, r.ranked) for p in probs]
         if r.glyphs or r.digit_bars:
-            reads = [t if r.fits_format(t.text) else apply_glyphs(t, dict(r.glyphs), r.digit_bars) for t in reads]
+            reads = [t if r.fits_format(t.text) else apply_glyphs(t, r.glyphs, r.digit_bars) for t in reads]
         return reads
 
     def fits_format(self, text: str) -> bool:

@@ -45,11 +45,16 @@ LOOK_NMS_IOU, LOOK_NMS_COVER = 0.3, 0.4  # boxes found in overlapping looks are 
 
 
 class KnownRead(Protocol):
-    """A read the tracker already holds for a box (edge.tracking.Observation is one)."""
+    """A read: this frame's (TextRead) or one the tracker already holds for a box (Observation)."""
 
-    text: str
-    confidence: float
-    char_confidences: tuple[float, ...]
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def char_confidences(self) -> tuple[float, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class PlateResult:
     corners: tuple[tuple[float, float], ...]  # TL, TR, BR, BL, frame pixels
     detection_score: float
     read_confidence: float
+
+
+def _box(row: np.ndarray) -> Box:
+    return float(row[0]), float(row[1]), float(row[2]), float(row[3])
 
 
 def _false(n: int) -> np.ndarray:
@@ -273,7 +282,7 @@ class PlateStage:
         small = boxes[:, 2] - boxes[:, 0] < s.min_plate_width
         known: list[KnownRead | None] = [None] * n
         if settled is not None:
-            known = [None if small[i] else settled(tuple(float(v) for v in boxes[i])) for i in range(n)]  # type: ignore[misc]
+            known = [None if small[i] else settled(_box(boxes[i])) for i in range(n)]
         is_known = np.array([k is not None for k in known], bool)
         cut = self.cut_by_edge(boxes, w, h) & ~small & ~is_known
         candidates = ~small & ~is_known & (~cut | s.read_cut)
@@ -290,8 +299,8 @@ class PlateStage:
                 reads[int(i)] = r
         accepted = is_known.copy()
         for i in idx:
-            r = reads[int(i)]
-            accepted[i] = r is not None and self.accepts(float(scores[i]), r)
+            got_i = reads[int(i)]
+            accepted[i] = got_i is not None and self.accepts(float(scores[i]), got_i)
         return Candidates(boxes, scores, band, small, known, cut, over, to_read, refined, reads, accepted,
                           detect_ms=(t1 - t0) * 1000, read_ms=(time.perf_counter() - t1) * 1000 if len(idx) else 0.0,
                           rereads=rereads)
