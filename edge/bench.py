@@ -1,5 +1,5 @@
 """`edge bench VIDEO [--config FILE]`: the frame rate of the pipeline `edge run --config FILE` would run
-(built by edge.assembly from that config), against the decode-only rate of the same file."""
+(built by edge.runtime.assembly from that config), against the decode-only rate of the same file."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import cv2
 
-from edge.assembly import build_loop, build_stage, describe
 from edge.capture.base import Frame
 from edge.capture.sources import VideoFileSource
 from edge.config import Config
 from edge.gps import NoGps
 from edge.outbox import Outbox
+from edge.runtime.assembly import build_loop, build_stage, describe
 
 
 def decode_only(path: Path, max_frames: int) -> tuple[int, float]:

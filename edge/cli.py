@@ -36,7 +36,7 @@ def _pipeline_section(args, base=None):
 
 def _stage(args, still: bool = False):
     """still: images read one at a time (edge eval), whose reads are final (assembly.STILL_MIN_CONFIDENCE)."""
-    from edge.assembly import build_stage
+    from edge.runtime.assembly import build_stage
 
     return build_stage(_pipeline_section(args), still=still)
 
@@ -45,7 +45,7 @@ def cmd_eval(args) -> int:
     from edge.evaluate import run_crops_eval, run_eval
 
     if args.crops:
-        from edge.assembly import build_reader
+        from edge.runtime.assembly import build_reader
 
         run_crops_eval(Path(args.crops), build_reader(_pipeline_section(args)), Path(args.out) if args.out else None,
                        region_from_state=args.region_from_folder)
@@ -133,7 +133,7 @@ def _replay_config(args):
 
 
 def cmd_run(args) -> int:
-    from edge.runner import RunError, Runner, RunOptions
+    from edge.runtime.runner import RunError, Runner, RunOptions
 
     _setup_logging(args)
     cfg = _load(args)
@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from edge.runner import RunError, Runner, RunOptions
+    from edge.runtime.runner import RunError, Runner, RunOptions
 
     _setup_logging(args)
     cfg = _replay_config(args)
@@ -188,7 +188,7 @@ def cmd_subscribe(args) -> int:
     from paho.mqtt.enums import CallbackAPIVersion
 
     from edge.record import Read
-    from edge.runner import format_read
+    from edge.runtime.runner import format_read
 
     host, _, port = args.mqtt.rpartition(":")
     if not host or not port.isdigit():

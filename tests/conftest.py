@@ -46,20 +46,20 @@ def device_config(**sections):
 
 
 def make_stage(still: bool = False, **pipeline):
-    """The plate stage edge.assembly builds for a [pipeline] section with these keys."""
-    from edge.assembly import build_stage
+    """The plate stage edge.runtime.assembly builds for a [pipeline] section with these keys."""
     from edge.config import PipelineSection
+    from edge.runtime.assembly import build_stage
 
     return build_stage(PipelineSection(model_dir=MODELS, **pipeline), still=still)
 
 
 def run_loop(video, outbox_path, cfg=None, stage=None, gps=None, source=None, blocking=True):
-    """A file through the frame loop edge.assembly builds (every frame, video time); returns the loop
+    """A file through the frame loop edge.runtime.assembly builds (every frame, video time); returns the loop
     (its reads kept in loop.reads, its counters in loop.health)."""
-    from edge.assembly import build_loop
     from edge.capture.sources import VideoFileSource
     from edge.gps import NoGps
     from edge.outbox import Outbox
+    from edge.runtime.assembly import build_loop
 
     cfg = cfg or device_config()
     ob = Outbox(outbox_path)

@@ -16,8 +16,9 @@ from edge.collector.governance import AccessDenied, Governance, NeedsApproval, P
 from edge.collector.ingest import Collector, Ingestor, Reject, fuzzy_key, validate
 from edge.collector.query import Query, search
 from edge.collector.store import Store
-from edge.mqtt import MqttSettings, Publisher
+from edge.mqtt import MqttSettings
 from edge.outbox import Outbox
+from edge.runtime.publisher import Publisher
 
 from .broker import Broker
 from .conftest import run_edge

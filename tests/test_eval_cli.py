@@ -40,8 +40,8 @@ def test_eval_writes_one_exact_json_object_per_image(scene_run):
 def test_eval_reads_still_images_with_the_still_confidence_floor(scene_run):
     import argparse
 
-    from edge.assembly import FRAME_MIN_CONFIDENCE, STILL_MIN_CONFIDENCE
     from edge.cli import _stage
+    from edge.runtime.assembly import FRAME_MIN_CONFIDENCE, STILL_MIN_CONFIDENCE
 
     ns = argparse.Namespace(int8="none", models=str(MODELS), threads=1, region=None, min_confidence=None)
     assert _stage(ns, still=True).settings.min_confidence == STILL_MIN_CONFIDENCE == 0.7

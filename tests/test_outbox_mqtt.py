@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from edge.mqtt import MqttSettings, Publisher
+from edge.mqtt import MqttSettings
 from edge.outbox import Outbox, OutboxError
+from edge.runtime.publisher import Publisher
 
 from .broker import Broker, Mqtt311OnlyProxy, Subscriber, free_port
 
@@ -187,7 +188,7 @@ def test_publisher_rides_out_a_broker_outage(tmp_path):
 def test_last_will_marks_device_offline(tmp_path, broker):
     code = (
         "import sys,time; sys.path.insert(0, %r)\n"
-        "from edge.mqtt import MqttSettings, Publisher\nfrom edge.outbox import Outbox\n"
+        "from edge.mqtt import MqttSettings\nfrom edge.runtime.publisher import Publisher\nfrom edge.outbox import Outbox\n"
         "p = Publisher(MqttSettings(port=%d, keepalive=2), 'dev3', Outbox(%r)); p.start()\n"
         "assert p.wait_connected(10); print('up', flush=True); time.sleep(60)\n"
     ) % (os.getcwd(), broker.port, str(tmp_path / "o.db"))

@@ -63,8 +63,8 @@ def test_refiner_wrong_kind_and_missing_file_are_clear_errors(tmp_path):
 
 
 def test_the_stage_reads_without_a_refiner_when_off_or_absent(tmp_path):
-    from edge.assembly import build_stage
     from edge.config import PipelineSection
+    from edge.runtime.assembly import build_stage
 
     from .conftest import make_stage
 

@@ -18,7 +18,7 @@ def truth(clip: Path) -> dict:
 
 
 def replay(clip: Path, stage, tmp: Path, cfg=None) -> list[Read]:
-    """The clip through the frame loop edge.assembly builds (as `edge replay` runs it)."""
+    """The clip through the frame loop edge.runtime.assembly builds (as `edge replay` runs it)."""
     pl = run_loop(clip, tmp / f"{clip.stem}.db", cfg=cfg, stage=stage, gps=FixedGps(47.0, 15.0))
     assert pl.outbox_backlog == len(pl.reads)  # every read is in the outbox
     return pl.reads

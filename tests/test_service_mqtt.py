@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.mqtt import MqttSettings, Publisher
+from edge.mqtt import MqttSettings
 from edge.outbox import Outbox
+from edge.runtime.publisher import Publisher
 
 from .broker import Broker, Subscriber, free_port
 from .conftest import ROOT, run_edge

@@ -7,12 +7,12 @@ import time
 import numpy as np
 
 from edge.capture.sources import VideoFileSource
-from edge.health import SdNotify
 from edge.outbox import Outbox
 from edge.plates import region_guess
 from edge.record import Read
-from edge.record_builder import encode_jpeg
-from edge.service import SETTLE_CONFIDENCE, DropOldestQueue, MotionGate
+from edge.runtime.loop import SETTLE_CONFIDENCE, DropOldestQueue, MotionGate
+from edge.runtime.records import encode_jpeg
+from edge.runtime.systemd import SdNotify
 
 from .conftest import ROOT, device_config, make_stage, run_edge, run_loop
 
@@ -91,8 +91,8 @@ def test_paced_replay_runs_at_the_recorded_rate(tmp_path):
 
 
 def test_stop_from_another_thread_ends_a_live_run(video_stage, tmp_path):
-    from edge.assembly import build_loop
     from edge.gps import NoGps
+    from edge.runtime.assembly import build_loop
 
     ob = Outbox(tmp_path / "o.db")
     src = VideoFileSource(CLIP, pace=True, loop=True)
@@ -179,8 +179,8 @@ def test_a_track_settles_only_when_every_character_is_sure(video_stage, tmp_path
     """settle_frames: a track read the same way 4 frames running is not read again, but only when each
     character of those reads is sure: a read whose whole confidence is high while one look-alike is a
     guess (the fixture's 02ZYA4 read O2ZYA4 with its first character at 0.83) keeps being read."""
-    from edge.assembly import build_loop
     from edge.gps import NoGps
+    from edge.runtime.assembly import build_loop
     from edge.tracking import Observation
 
     box = (100.0, 100.0, 200.0, 130.0)

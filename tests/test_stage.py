@@ -181,7 +181,7 @@ def test_the_tracker_answers_the_frame_loops_questions_from_plain_lists():
 
 
 def test_the_health_registry_is_safe_from_other_threads_and_survives_a_broken_part():
-    from edge.health import Health
+    from edge.runtime.health import Health
 
     h = Health("dev")
     h.provide("gps", lambda: "ok")
@@ -206,8 +206,9 @@ def test_the_health_registry_is_safe_from_other_threads_and_survives_a_broken_pa
 
 
 def test_a_heartbeat_whose_status_fails_keeps_petting_the_watchdog(tmp_path, monkeypatch):
-    from edge.health import Health, SdNotify
-    from edge.runner import Runner, RunOptions
+    from edge.runtime.health import Health
+    from edge.runtime.runner import Runner, RunOptions
+    from edge.runtime.systemd import SdNotify
 
     path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

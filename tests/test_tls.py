@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from edge.mqtt import MqttSettings, Publisher
+from edge.mqtt import MqttSettings
 from edge.outbox import Outbox
+from edge.runtime.publisher import Publisher
 
 from .broker import Broker
 

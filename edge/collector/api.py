@@ -37,9 +37,11 @@ def floats(v: str, n: int, name: str) -> tuple[float, ...]:
 def query_from_params(p: dict[str, str], now_ms: int) -> Query:
     q = Query(plate=p.get("plate"), match=p.get("match", "exact"), camera=p.get("camera"), site=p.get("site"))
     if "near" in p:
-        q.near = floats(p["near"], 3, "near")  # type: ignore[assignment]
+        lat, lon, km = floats(p["near"], 3, "near")
+        q.near = (lat, lon, km)
     if "box" in p:
-        q.box = floats(p["box"], 4, "box")  # type: ignore[assignment]
+        a, b, c, d = floats(p["box"], 4, "box")
+        q.box = (a, b, c, d)
     if "from" in p:
         q.since_ms = parse_time(p["from"])
     if "to" in p:

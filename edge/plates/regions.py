@@ -153,14 +153,16 @@ def rules_for(regions: Iterable[str] | None) -> Rules:
     glyphs: dict[str, str] = {}
     for r in rs:
         glyphs.update(r.glyphs)
+    mins = [r.min_len for r in rs if r.min_len is not None]
+    maxs = [r.max_len for r in rs if r.max_len is not None]
     return Rules(
         regions=codes,
         formats=tuple(f for r in rs for f in r.formats),
         ranked=all(r.ranked for r in rs),
         glyphs=glyphs,
         digit_bars=any(r.digit_bars for r in rs),
-        min_len=min(r.min_len for r in rs) if rs and all(r.min_len is not None for r in rs) else None,  # type: ignore[type-var]
-        max_len=max(r.max_len for r in rs) if rs and all(r.max_len is not None for r in rs) else None,  # type: ignore[type-var]
+        min_len=min(mins) if rs and len(mins) == len(rs) else None,
+        max_len=max(maxs) if rs and len(maxs) == len(rs) else None,
     )
 
 

@@ -80,7 +80,7 @@ class Track:
         if dt <= 0:
             return b
         k = (t - self.last.t) / dt
-        return tuple(b[i] + (b[i] - p.box[i]) * k for i in range(4))  # type: ignore[return-value]
+        return (b[0] + (b[0] - p.box[0]) * k, b[1] + (b[1] - p.box[1]) * k, b[2] + (b[2] - p.box[2]) * k, b[3] + (b[3] - p.box[3]) * k)
 
 
 def default_distance(track: Track, o: Observation) -> float | None:

@@ -16,6 +16,8 @@ from edge.vision.session import ModelError
 
 
 class ModelMeta(BaseModel):
+    """Keys every model kind has."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
     kind: str
@@ -72,7 +74,7 @@ def _problems(e: ValidationError) -> str:
 def parse_meta(schema: type[M], meta: dict[str, Any], path: str | Path = "model") -> M:
     """The model's metadata as its kind's schema; a wrong kind or a missing or malformed key is one
     ModelError naming the file and the keys."""
-    want = schema.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
+    want = next(k for k, v in KINDS.items() if v is schema)
     if meta.get("kind") != want:
         raise ModelError(f"{path}: not a {want} model (metadata kind={meta.get('kind')!r})")
     try:

@@ -132,8 +132,9 @@ def _format_prior(probs, steps, cls, confs, charset, off, formats, ranked=True):
     for f in formats:
         if len(f) != len(text):
             continue
-        swapped = [ch if slot_ok(ch, k) else (TO_DIGIT if k == "D" else TO_LETTER).get(ch) for ch, k in zip(text, f)]
-        if all(s is not None and slot_ok(s, k) for s, k in zip(swapped, f)):
+        maybe = [ch if slot_ok(ch, k) else (TO_DIGIT if k == "D" else TO_LETTER).get(ch) for ch, k in zip(text, f)]
+        swapped = [s for s in maybe if s is not None]
+        if len(swapped) == len(maybe) and all(slot_ok(s, k) for s, k in zip(swapped, f)):
             if ranked:
                 return [charset.index(ch) + off for ch in swapped], confs  # same glyphs, same confidences
             n = sum(a != b for a, b in zip(swapped, text))

@@ -17,7 +17,7 @@ One policy, in this order, for every box the detector finds:
 7. accepted: a plausible length for the site's regions (edge.plates) and confident enough; a box of
    the verify band needs the detector's verify confidence.
 
-The result is one `Candidates` value, N rows with a mask per step, so a caller sees why each box
+The result is one `PlateCandidates` value, N rows with a mask per step, so a caller sees why each box
 was or was not reported.
 """
 
@@ -77,7 +77,7 @@ def _false(n: int) -> np.ndarray:
 
 
 @dataclass
-class Candidates:
+class PlateCandidates:
     """Every box the detector found in one frame, with what the stage made of it."""
 
     boxes: np.ndarray  # (N, 4) detector boxes, full-frame pixels
@@ -99,7 +99,7 @@ class Candidates:
         return len(self.scores)
 
     @classmethod
-    def empty(cls) -> Candidates:
+    def empty(cls) -> PlateCandidates:
         z = np.zeros((0, 4), np.float32)
         return cls(z, np.zeros(0, np.float32), _false(0), _false(0), [], _false(0), _false(0), _false(0), z.copy(), [],
                    _false(0))
@@ -125,7 +125,7 @@ class Candidates:
 
 @dataclass
 class StageSettings:
-    """What the stage decides with. Built from `[pipeline]` by edge.assembly.stage_settings."""
+    """What the stage decides with. Built from `[pipeline]` by edge.runtime.assembly.stage_settings."""
 
     min_confidence: float = 0.5  # reads less sure than this are not plates
     min_length: int = 4  # like OpenALPR's postprocess_min_characters: shorter reads are mostly signs
@@ -263,7 +263,7 @@ class PlateStage:
     # ---------------------------------------------------------- one frame
 
     def process(self, image: np.ndarray, full: np.ndarray | None = None, scale: float = 1.0,
-                look: Sequence[Box] | None = None, settled: Callable[[Box], KnownRead | None] | None = None) -> Candidates:
+                look: Sequence[Box] | None = None, settled: Callable[[Box], KnownRead | None] | None = None) -> PlateCandidates:
         """One frame through the whole policy. `image` is what the detector looks at, `full` the
         frame read from (default: image) and `scale` full's size over image's; `look`: detect only
         around these boxes (full-frame pixels); `settled(box)`: the tracked read a box continues."""
@@ -273,7 +273,7 @@ class PlateStage:
         t1 = time.perf_counter()
         n = len(dets)
         if not n:
-            c = Candidates.empty()
+            c = PlateCandidates.empty()
             c.detect_ms = (t1 - t0) * 1000
             return c
         boxes, scores, s = dets.boxes, dets.scores, self.settings
@@ -301,7 +301,7 @@ class PlateStage:
         for i in idx:
             got_i = reads[int(i)]
             accepted[i] = got_i is not None and self.accepts(float(scores[i]), got_i)
-        return Candidates(boxes, scores, band, small, known, cut, over, to_read, refined, reads, accepted,
+        return PlateCandidates(boxes, scores, band, small, known, cut, over, to_read, refined, reads, accepted,
                           detect_ms=(t1 - t0) * 1000, read_ms=(time.perf_counter() - t1) * 1000 if len(idx) else 0.0,
                           rereads=rereads)
 

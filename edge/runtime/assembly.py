@@ -16,13 +16,13 @@ from pathlib import Path
 from edge.capture.base import FrameSource
 from edge.config import Config, PipelineSection
 from edge.gps import GpsSource
-from edge.health import Health
 from edge.mqtt import topics
 from edge.outbox import Outbox
 from edge.plates import rules_for
 from edge.record import Camera, Read
-from edge.record_builder import Identity, RecordBuilder
-from edge.service import FrameLoop
+from edge.runtime.health import Health
+from edge.runtime.loop import FrameLoop
+from edge.runtime.records import Identity, RecordBuilder
 from edge.tracking import Pass, Tracker
 from edge.vision.detector import PlateDetector
 from edge.vision.models import REFINER_FILE, default_model_dir, model_files, model_label

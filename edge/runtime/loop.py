@@ -4,7 +4,7 @@ Capture runs in its own thread and never waits for inference: frames go through 
 that drops the oldest frame when full (counted). The loop gates on motion and frame skipping so an
 idle scene costs little CPU, hands each frame to the plate stage (edge.vision.stage) with the
 tracker's hints (where to look, which boxes are settled), feeds the accepted plates to the tracker
-(edge.tracking), and turns each finished vehicle pass into a `Read` (edge.record_builder) that is
+(edge.tracking), and turns each finished vehicle pass into a `Read` (edge.runtime.records) that is
 committed to the outbox before it counts.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 
 from edge.capture.base import Frame, FrameSource
 from edge.config import PipelineSection
-from edge.health import Health
 from edge.outbox import Outbox
 from edge.record import Read
-from edge.record_builder import RecordBuilder
+from edge.runtime.health import Health
+from edge.runtime.records import RecordBuilder
 from edge.tracking import Observation, Pass, Tracker
-from edge.vision.stage import Box, Candidates, KnownRead, PlateStage
+from edge.vision.stage import Box, KnownRead, PlateCandidates, PlateStage
 
 log = logging.getLogger("edge.service")
 
@@ -221,7 +221,7 @@ class FrameLoop:
                                    (full.shape[1], full.shape[0]), payload=self.records.patch(full, box)))
         return out
 
-    def _count(self, c: Candidates) -> None:
+    def _count(self, c: PlateCandidates) -> None:
         h = self.health
         h.time("detect_ms", c.detect_ms)
         h.count("detections", len(c))

@@ -18,11 +18,12 @@ from edge.capture.base import CaptureError, FrameSource
 from edge.capture.sources import VideoFileSource, open_source
 from edge.config import Config
 from edge.gps import FixedGps, GpsdClient, GpsSource, NmeaSerial, NoGps
-from edge.health import SdNotify
-from edge.mqtt import MqttSettings, Publisher
+from edge.mqtt import MqttSettings
 from edge.outbox import Outbox
 from edge.record import Read, uuid7
-from edge.service import FrameLoop
+from edge.runtime.loop import FrameLoop
+from edge.runtime.publisher import Publisher
+from edge.runtime.systemd import SdNotify
 from edge.tracking import Pass
 
 log = logging.getLogger("edge.runner")
@@ -125,8 +126,8 @@ class Runner:
 
     def run(self) -> int:
         cfg = self.cfg
-        from edge.assembly import build_loop, build_stage, describe
         from edge.outbox import OutboxError
+        from edge.runtime.assembly import build_loop, build_stage, describe
         from edge.vision.session import ModelError
 
         try:

@@ -1,0 +1,188 @@
+"""The publisher: the outbox drained through the MQTT transport (edge.mqtt) at QoS 1, a record deleted
+only after the broker's PUBACK, and a periodic health message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edge.mqtt import MqttSettings, MqttTransport, PublisherStats
+from edge.outbox import Outbox
+
+log = logging.getLogger("edge.mqtt")
+
+
+class OutboxDrain:
+    """Which outbox records are in flight, sent through `transport`; a record leaves the outbox only
+    when the broker acknowledged it. A PUBACK may arrive before paho's publish() has returned the
+    message id: it is remembered for the record being published, and for nothing else (a reused id
+    must never delete a record that was not acknowledged)."""
+
+    def __init__(self, outbox: Outbox, max_inflight: int, on_progress: Callable[[], None]):
+        self.outbox, self.max_inflight, self.on_progress = outbox, max_inflight, on_progress
+        self.stats: PublisherStats | None = None
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> outbox seq
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned
+        self._acking: set[int] = set()  # acknowledged, being deleted from the outbox
+        self._publishing = False  # a read's publish() call is in progress (its PUBACK may beat the mid)
+
+    def lost(self) -> None:
+        """The connection dropped: unacknowledged records stay in the outbox and are sent again."""
+        with self._lock:
+            self._inflight.clear()
+            self._early.clear()
+
+    def acked(self, mid: int, reason_code) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                # only a read being published right now can be acknowledged before we know its mid;
+                # anything else (status, health, paho's own resends) must not be remembered
+                if self._publishing:
+                    self._early.add(mid)
+                return
+            self._acking.add(seq)
+        self._settle(seq, reason_code)
+
+    def _settle(self, seq: int, reason_code) -> None:
+        """Called with `seq` in _acking, so the sender does not pick it up again meanwhile."""
+        st = self.stats
+        try:
+            if reason_code is not None and getattr(reason_code, "is_failure", False):
+                if st:
+                    st.refused += 1
+                    st.last_error = f"publish refused: {reason_code}"
+                log.warning("broker refused read seq %s: %s (kept in outbox)", seq, reason_code)
+                return
+            self.outbox.ack(seq)
+            if st:
+                st.acked += 1
+            self.on_progress()
+        finally:
+            with self._lock:
+                self._acking.discard(seq)
+
+    def send(self, transport: MqttTransport) -> None:
+        """Send what the in-flight window has room for."""
+        with self._lock:
+            busy = set(self._inflight.values()) | self._acking
+            room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for item in self.outbox.peek(limit=room + len(busy)):
+            if item.seq in busy:
+                continue
+            if not transport.connected:
+                return
+            with self._lock:  # acknowledged since the snapshot above: do not send it again
+                if item.seq in self._acking or item.seq in self._inflight.values():
+                    continue
+                self._early.clear()
+                self._publishing = True
+            try:
+                ok, mid = transport.publish(item.topic, item.payload, qos=1)
+            except Exception:
+                with self._lock:
+                    self._publishing = False
+                raise
+            with self._lock:
+                # still "publishing" until the mid is registered: a PUBACK may arrive in between
+                self._publishing = False
+                early = ok and mid in self._early
+                self._early.clear()
+                if early:
+                    self._acking.add(item.seq)
+                elif ok:
+                    self._inflight[mid] = item.seq
+            if not ok:
+                return  # not connected after all: the record stays queued
+            if self.stats:
+                self.stats.published += 1
+            self.outbox.mark_attempt(item.seq)
+            if early:
+                self._settle(item.seq, None)
+            room -= 1
+            if room <= 0:
+                return
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        device_id: str,
+        outbox: Outbox,
+        health: Callable[[], dict] | None = None,
+    ):
+        self.s = settings
+        self.device_id = device_id
+        self.outbox = outbox
+        self.health = health
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.drain = OutboxDrain(outbox, settings.max_inflight, self._wake.set)
+        self.transport = MqttTransport(settings, device_id, on_ack=self.drain.acked, on_lost=self.drain.lost,
+                                       on_ready=self._wake.set)
+        self.drain.stats = self.transport.stats
+        self.t = self.transport.t
+
+    @property
+    def stats(self) -> PublisherStats:
+        return self.transport.stats
+
+    def start(self) -> None:
+        self.transport.start()
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A new record is in the outbox."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_health = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            if self.transport.fallback:
+                self.transport.switch_to_311()
+            if self.transport.connected:
+                self.drain.send(self.transport)
+                if self.health and time.monotonic() >= next_health:
+                    try:
+                        self.transport.publish(self.t["health"], json.dumps(self.health(), default=str), qos=0)
+                    except Exception as e:  # health must never stop publishing reads
+                        log.warning("health message failed: %s", e)
+                    next_health = time.monotonic() + self.s.health_interval_s
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.transport.connected:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged) or the timeout passes."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.outbox.backlog() == 0:
+                return True
+            self._wake.set()
+            time.sleep(0.05)
+        return self.outbox.backlog() == 0
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        if self.transport.connected:
+            self.flush(flush_timeout)
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(5)
+        self.transport.close()
