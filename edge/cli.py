@@ -58,6 +58,52 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_read(args) -> int:
+    """Plates of still images (OpenALPR's `alpr IMAGE`): one line per plate, or JSON lines."""
+    import json
+
+    from edge.api import ImageError, as_bgr
+
+    stage = _stage(args, still=True)
+    if args.draw and len(args.images) != 1:
+        raise UserError("--draw writes one picture: give one image")
+    code = 0
+    for path in args.images:
+        try:
+            img = as_bgr(path)
+        except ImageError as e:
+            print(f"edge read: error: {e}", file=sys.stderr)
+            code = 2
+            continue
+        plates = stage.recognize(img)
+        if args.json:
+            print(json.dumps({"image": path, "plates": [
+                {"text": p.text, "confidence": p.confidence, "box": list(p.box), "region": p.region,
+                 "char_confidences": list(p.char_confidences), "detection_score": p.detection_score} for p in plates]}))
+        else:
+            for p in plates:
+                box = ",".join(f"{v:.0f}" for v in p.box)
+                print(f"{path}  {p.text:<10} conf {p.confidence:.2f}  box {box}  region {p.region or '-'}")
+            if not plates:
+                print(f"{path}  no plate read")
+        if args.draw:
+            _draw(img, plates, Path(args.draw))
+    return code
+
+
+def _draw(img, plates, out: Path) -> None:
+    import cv2
+
+    canvas = img.copy()
+    for p in plates:
+        x1, y1, x2, y2 = (int(round(v)) for v in p.box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 220, 0), 2)
+        cv2.putText(canvas, f"{p.text} {p.confidence:.2f}", (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 220, 0), 2)
+    if not cv2.imwrite(str(out), canvas):
+        raise UserError(f"--draw: cannot write {out} (use a .jpg or .png name in a folder that exists)")
+    print(f"drawn: {out}", file=sys.stderr)
+
+
 def _setup_logging(args) -> None:
     import datetime as dt
     import json
@@ -265,7 +311,7 @@ def cmd_provision(args) -> int:
     return 0
 
 
-INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.models.INT8_CHOICES (not imported: keeps --help light)
+INT8_CHOICES = ("none", "reader", "detector", "both")  # edge.vision.model_files.INT8_CHOICES (not imported: keeps --help light)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "state column names a US state (or a known region), with that region's conventions, as OpenALPR is run with -c per "
                         "country (default: on; --no-region-from-folder reads region-blind)")
     e.set_defaults(func=cmd_eval)
+
+    rd = sub.add_parser("read", help="read the plates of still images (like OpenALPR's alpr IMAGE)")
+    rd.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, BMP or WebP files")
+    rd.add_argument("--json", action="store_true", help="one JSON line per image: text, confidence, box, region")
+    rd.add_argument("--draw", metavar="OUT", help="also write the image with the plates drawn on it (one image only)")
+    rd.add_argument("--region", action="append", help="read with a region's plate conventions (br, eu, uk, us); repeatable")
+    rd.add_argument("--models", help="folder holding the ONNX models (default: the shipped ones)")
+    rd.add_argument("--threads", type=int, default=None, help="inference threads (default 1)")
+    rd.add_argument("--int8", choices=INT8_CHOICES, default=None, help="use the int8-quantized reader, detector or both")
+    rd.add_argument("--min-confidence", type=float, default=None, help="drop reads below this confidence (default 0.7)")
+    rd.set_defaults(func=cmd_read)
 
     r = sub.add_parser("run", help="run the device service (camera -> MQTT)")
     r.add_argument("--config", required=True, help="device TOML file")

@@ -39,7 +39,7 @@ def test_int8_variants_load_and_agree_on_kind():
 
 def test_int8_choices_name_the_files_beside_the_float32_pair():
     from edge import cli, config
-    from edge.vision.models import INT8_CHOICES, model_files
+    from edge.vision.model_files import INT8_CHOICES, model_files
 
     from .conftest import make_stage
 

@@ -25,7 +25,7 @@ from edge.runtime.loop import FrameLoop
 from edge.runtime.records import Identity, RecordBuilder
 from edge.tracking import Pass, Tracker
 from edge.vision.detector import PlateDetector
-from edge.vision.models import REFINER_FILE, default_model_dir, model_files, model_label
+from edge.vision.model_files import REFINER_FILE, default_model_dir, model_files, model_label
 from edge.vision.reader import PlateReader
 from edge.vision.refiner import BoxRefiner
 from edge.vision.stage import PlateStage, StageSettings

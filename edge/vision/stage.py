@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.plates import Rules
+from edge.plates import Rules, region_guess
 from edge.vision.detector import Detections, PlateDetector
 from edge.vision.geometry import expand_box, nms
 from edge.vision.reader import PlateReader, TextRead
@@ -66,6 +66,7 @@ class PlateResult:
     corners: tuple[tuple[float, float], ...]  # TL, TR, BR, BL, frame pixels
     detection_score: float
     read_confidence: float
+    region: str | None = None  # where the plate is registered, when its shape tells (edge.plates.region_guess)
 
 
 def _box(row: np.ndarray) -> Box:
@@ -108,8 +109,9 @@ class PlateCandidates:
         """Row i's read: this frame's, or the settled one it continues."""
         return self.settled[i] if self.settled[i] is not None else self.reads[i]
 
-    def plates(self) -> list[PlateResult]:
-        """The accepted rows as results, most confident first (boxes: the cuts read)."""
+    def plates(self, regions: Sequence[str] = ()) -> list[PlateResult]:
+        """The accepted rows as results, most confident first (boxes: the cuts read); `regions`: the
+        site's, asked first for the region of registration."""
         out = []
         for i in np.flatnonzero(self.accepted):
             r = self.text(int(i))
@@ -118,7 +120,8 @@ class PlateCandidates:
             out.append(PlateResult(
                 text=r.text, confidence=round(float(r.confidence), 4), char_confidences=tuple(r.char_confidences),
                 box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)), corners=((x1, y1), (x2, y1), (x2, y2), (x1, y2)),
-                detection_score=round(float(self.scores[i]), 4), read_confidence=round(float(r.confidence), 4)))
+                detection_score=round(float(self.scores[i]), 4), read_confidence=round(float(r.confidence), 4),
+                region=region_guess(r.text, regions)))
         out.sort(key=lambda p: -p.confidence)
         return out
 
@@ -307,7 +310,7 @@ class PlateStage:
 
     def recognize(self, frame_bgr: np.ndarray) -> list[PlateResult]:
         """A still image's plates, most confident first."""
-        return self.process(frame_bgr).plates()
+        return self.process(frame_bgr).plates(self.rules.regions)
 
     def model_paths(self) -> list[Path]:
         return [Path(m.model.path) for m in (self.detector, self.reader, self.refiner) if m is not None]

@@ -1,4 +1,5 @@
-"""The shipped model files: where they are and which of them a choice of int8 loads."""
+"""The shipped model files: where they are (a checkout's models/, or the wheel's edge/models/) and
+which of them a choice of int8 loads."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ def model_files(int8: str = "none") -> tuple[str, str]:
 
 
 def default_model_dir() -> Path:
-    """$EDGE_MODELS, else the `models/` folder beside the `edge` package (a source checkout)."""
+    """$EDGE_MODELS; else, in a source checkout, its `models/` folder; else the models the installed
+    package carries (`edge/models/` in the wheel, package data)."""
     env = os.environ.get("EDGE_MODELS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "models" / DETECTOR_FILE).is_file():
+        return root / "models"
+    return Path(__file__).resolve().parents[1] / "models"
 
 
 def model_label(kind: str, version: str, path: str | Path) -> str:
