@@ -63,6 +63,11 @@ def start_replay(cfg: Path, *extra: str) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def replay_outboxes(tmp: Path) -> list[Path]:
+    """The outboxes replays of CLIP made for themselves under the config's state_dir."""
+    return sorted((tmp / "state").glob(f"replay-{CLIP.stem}-*.db"))
+
+
 def dedup(messages) -> dict[str, str]:
     """read_id -> plate text, as a de-duplicating subscriber sees them."""
     out = {}
@@ -124,6 +129,8 @@ def test_sigkill_mid_replay_then_restart_delivers_each_plate_once(tmp_path):
         proc.wait(10)
         again = run_edge("replay", str(CLIP), "--config", str(cfg), "--fast", timeout=300)
         assert again.returncode == 0, again.stderr
+        assert "resuming" in again.stderr and "interrupted" in again.stderr  # only a crash resumes
+        assert replay_outboxes(tmp_path) == []  # all delivered: the replay's outbox is gone
         assert sub.wait_for(lambda m: sorted(set(dedup(m).values())) == want, 30)
         seen = dedup(sub.messages)
         assert sorted(seen.values()) == want, seen
@@ -140,8 +147,9 @@ def test_unreachable_broker_exits_4_and_keeps_the_reads(tmp_path):
     r = run_edge("replay", str(CLIP), "--config", str(cfg), "--fast", "--flush-timeout", "1", timeout=300)
     assert r.returncode == 4
     err = [x for x in r.stderr.splitlines() if "error" in x]
-    assert len(err) == 1 and "unreachable" in err[0] and "kept in outbox" in err[0]
-    ob = Outbox(tmp_path / "state" / "outbox.db")
+    (kept,) = replay_outboxes(tmp_path)  # the replay's own outbox, named in the error line
+    assert len(err) == 1 and "unreachable" in err[0] and f"kept in outbox {kept}" in err[0]
+    ob = Outbox(kept)
     assert ob.backlog() == len(want)
     # the kept reads go out once a broker is there
     b = Broker(tmp_path / "broker", port=port).start()
@@ -191,10 +199,33 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        ob = Outbox(tmp_path / "state" / "outbox.db")
-        assert ob.backlog() == 0  # flushed before exit
+        assert replay_outboxes(tmp_path) == []  # flushed before exit, so nothing was kept
+        assert "stopped at frame" in err and "starts from the beginning" in err
         assert sub.wait_for(lambda m: any(t.endswith("/status") and b"offline" in p for t, p, _ in m))
+        again = run_edge("replay", str(CLIP), "--config", str(cfg), "--fast", timeout=300)
+        assert again.returncode == 0 and "resuming" not in again.stderr  # a clean stop is not resumed
     finally:
         proc.kill()
         sub.close()
         b.stop()
+
+
+def test_a_replay_without_mqtt_leaves_nothing_for_a_later_one_to_publish(tmp_path):
+    """Replays without a broker used to queue their reads in out/replay/outbox.db, and the next replay
+    with --mqtt published them too: each replay now has its clip's own outbox, gone when it ends."""
+    state = tmp_path / "state"
+    quiet = run_edge("replay", str(ROOT / "fixtures" / "videos" / "01_gate_day.mp4"), "--fast", cwd=tmp_path, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not list((tmp_path / "out" / "replay").glob("*.db"))  # the developer default state_dir: nothing kept
+    b = Broker(tmp_path / "broker").start()
+    sub = Subscriber(b.port, "lpr/v1/+/reads", client_id="fresh-sub")
+    try:
+        r = run_edge("replay", str(ROOT / "fixtures" / "videos" / "08_no_plate.mp4"), "--fast", "--mqtt", f"127.0.0.1:{b.port}",
+                     cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.0)
+        assert dedup(sub.messages) == {}  # the no-plate clip publishes nothing, and nothing old
+    finally:
+        sub.close()
+        b.stop()
+    assert not state.exists() or not list(state.glob("*.db"))

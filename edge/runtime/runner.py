@@ -134,12 +134,13 @@ class Runner:
             stage = build_stage(cfg.pipeline)
         except ModelError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
+        source_spec = self.o.source or cfg.camera.source
+        outbox_path, scratch = self._outbox_path(source_spec)
         try:
-            outbox = Outbox(cfg.outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
+            outbox = Outbox(outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
                             min_free_bytes=int(cfg.outbox.min_free_mb * 1e6))
         except OutboxError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
-        source_spec = self.o.source or cfg.camera.source
         state_key = None
         start_frame, utc0 = 0, None
         if self.o.replay:
@@ -150,7 +151,8 @@ class Runner:
                 if saved and not self.o.restart:
                     st = json.loads(saved)
                     start_frame, utc0 = int(st["resume"]), datetime.fromisoformat(st["utc0"])
-                    log.info("resuming replay of %s at frame %d", p, start_frame)
+                    print(f"edge replay: resuming {p} at frame {start_frame}: the last replay of it was interrupted "
+                          "(--restart starts over)", file=sys.stderr)
         source: FrameSource
         try:
             if state_key:
@@ -187,7 +189,7 @@ class Runner:
         hb = threading.Thread(target=self._heartbeat, args=(sd, pl), daemon=True)
         hb.start()
         sd.send("READY=1")
-        log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, cfg.outbox_path)
+        log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, outbox_path)
         for line in describe(stage, cfg.pipeline):
             log.info("%s", " ".join(line.split()))
         if pub and not pub.wait_connected(3.0):
@@ -201,13 +203,17 @@ class Runner:
             log.exception("pipeline failed")
             pl.stop()
         sd.send("STOPPING=1")
-        finished_file = state_key is not None and failure is None and not self.stop_event.is_set() and pl.capture_error is None
-        if state_key and finished_file:
-            outbox.set_state(state_key, None)  # replay complete: the next one starts afresh
+        if state_key and failure is None:
+            # a replay that ended, or was stopped (Ctrl-C, SIGTERM), starts afresh next time; only a
+            # crash (kill -9, power loss) leaves its position for the next run to resume from
+            outbox.set_state(state_key, None)
+            if self.stop_event.is_set():
+                print(f"edge replay: stopped at frame {pl.health['captured']}; the next replay of this clip starts from "
+                      "the beginning", file=sys.stderr)
         if failure is not None:
             code = EXIT_RUNTIME
             print(f"edge: error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''} "
-                  f"(reads made so far are kept in {cfg.outbox_path})", file=sys.stderr)
+                  f"(reads made so far are kept in {outbox_path})", file=sys.stderr)
         elif pl.capture_error is not None:
             code = EXIT_SOURCE
             print(f"edge: error: capture failed: {pl.capture_error}", file=sys.stderr)
@@ -217,11 +223,27 @@ class Runner:
             if not delivered:
                 n = outbox.backlog()
                 print(f"edge: error: broker {cfg.mqtt.host}:{cfg.mqtt.port} unreachable or not acknowledging; "
-                      f"{n} read(s) kept in outbox {cfg.outbox_path} and sent on the next start", file=sys.stderr)
+                      f"{n} read(s) kept in outbox {outbox_path} and sent on the next start", file=sys.stderr)
                 code = code or EXIT_BROKER
         gps.stop()
+        done = failure is None and (pub is None or outbox.backlog() == 0)
         outbox.close()
+        if scratch and done:  # nothing left to deliver, no position to resume: the replay's own outbox goes
+            for f in (outbox_path, Path(f"{outbox_path}-wal"), Path(f"{outbox_path}-shm")):
+                f.unlink(missing_ok=True)
         return code
+
+    def _outbox_path(self, source_spec: str) -> tuple[Path, bool]:
+        """The outbox, and whether it is the replay's own. A replay whose outbox is not named
+        (`--outbox`, `[outbox] path`) gets one for that clip: reads of a replay without MQTT never
+        reach a later run's broker, and it is removed when the replay ends with nothing left to send
+        (after a crash it stays, for the next replay of the clip to resume from)."""
+        cfg = self.cfg
+        if not (self.o.replay and cfg.outbox.path is None and Path(source_spec).is_file()):
+            return cfg.outbox_path, False
+        clip = Path(source_spec).resolve()
+        tag = hashlib.sha256(str(clip).encode()).hexdigest()[:8]
+        return cfg.device.state_dir / f"replay-{clip.stem[:40]}-{tag}.db", True
 
     def _heartbeat(self, sd: SdNotify, pl: FrameLoop) -> None:
         """Pets systemd's watchdog while the frame loop makes progress. Nothing here may end the
