@@ -33,7 +33,7 @@ from edge.vision.stage import PlateStage, StageSettings
 # The least read confidence worth reporting. A video frame's read is one vote in a track (the tracker
 # publishes a pass only when its vote reaches [tracking] min_confidence), so frames keep reads from
 # 0.5 ([pipeline] min_confidence). A still image's read is final: reads under 0.7 were wrong in every
-# labelled set measured (models/README.md), and a wrong registration recorded at a place is worse
+# labelled set measured (CHANGELOG.md, release 12), and a wrong registration recorded at a place is worse
 # than none; a [pipeline] min_confidence set explicitly holds for stills too.
 FRAME_MIN_CONFIDENCE = 0.5
 STILL_MIN_CONFIDENCE = 0.7

@@ -703,7 +703,7 @@ def average(a) -> None:
         if val_neg:
             metrics["val_negative_rejected"] = round(rejected(model, val_neg), 4)
         # negatives rejected are logged, not scored: a reader that blanks signs can blank real plates too
-        # (models/README.md, release 11), and these validation sets would not show it
+        # (CHANGELOG.md, release 11), and these validation sets would not show it
         score = float(np.mean([metrics["val_synthetic_exact"], metrics.get("val_pseudo_real_exact", metrics["val_synthetic_exact"])]))
         log(f"averaged {a.average[0]} and {a.average[1]} (alpha {alpha:g}): {json.dumps(metrics)}")
         if best is None or score > best[0]:

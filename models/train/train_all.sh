@@ -35,7 +35,7 @@ if [ ! -s runs/pseudo2.tsv ]; then
     --agree runs/reader_base.onnx --out runs/pseudo2.tsv
 fi
 # (Releases 8-10 fine-tuned this small reader in three more rounds, each averaged with the last:
-#  models/README.md tells them; the wide reader below replaced them and starts from scratch.)
+#  CHANGELOG.md ("Models: releases 7-19") tells them; the wide reader below replaced them and starts from scratch.)
 
 # 4. the wide reader (shipped in releases 11-12; step 6 builds on it): a wider network (channels 48-96-144-192, 1.24 M parameters)
 #     from scratch on batches of 128, a fine-tune of it with more real crops (45%), and the weight
@@ -110,7 +110,7 @@ $PY -m models.train.reader --data "$DATA" --pseudo runs/pseudo7.tsv --out runs/r
 #     step 6c's reader at the weight the training-side validation prefers (0.5).
 #     The release 18 run: 2,490 steps in 70 minutes (2 threads, 1 batch worker); the step count
 #     follows a step schedule instead of the clock. Not shipped alone: it reads fixture clip 02's
-#     European 02ZYA4 as O2ZYA4 under release 18's settle rule (models/README.md, releases 18-19).
+#     European 02ZYA4 as O2ZYA4 under release 18's settle rule (CHANGELOG.md, releases 18-19).
 if [ ! -f runs/reader_ft8/ckpt.pt ]; then
   mkdir -p runs/reader_ft8 && cp runs/reader_ft7_avg/ckpt.pt runs/reader_ft8/ckpt.pt
 fi
@@ -146,7 +146,7 @@ $PY -m models.train.reader --out runs/reader_ft9_avg --export models/plate_reade
 $PY -m models.train.refiner --out runs/refiner --export models/plate_refiner.onnx
 # the float pair has no verify band (release 19: --verify-reads 0; the band calibrate.py chose within one
 # extra read per image, 0.15-0.30 at >= 0.9, one box at most, took the median time per image from 31-35 ms
-# to 45 ms, past the 40 ms floor, for one openalpr plate more; see models/README.md). The table is
+# to 45 ms, past the 40 ms floor, for one openalpr plate more; see CHANGELOG.md, release 19). The table is
 # still written into the metadata.
 $PY -m models.train.calibrate --data "$DATA" --detector models/plate_detector.onnx --reader models/plate_reader.onnx \
   --refiner models/plate_refiner.onnx --verify-reads 0
