@@ -207,14 +207,10 @@ def cmd_replay(args) -> int:
 
 def cmd_bench(args) -> int:
     from edge.bench import run_bench
-    from edge.capture.base import CaptureError
     from edge.capture.sources import VideoFileSource
     from edge.config import Config
 
-    try:
-        VideoFileSource(args.video, pace=False).close()
-    except CaptureError as e:
-        raise UserError(str(e)) from None
+    VideoFileSource(args.video, pace=False).close()  # a bad video: CaptureError, exit 3 as for replay
     if args.config:
         cfg = _load(args)
     else:
@@ -441,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         # before anything imports cv2, which reads them once.
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from edge.capture.base import CaptureError
     from edge.collector.cli import CollectorUserError
     from edge.evaluate import EvalError
     from edge.vision.session import ModelError
@@ -448,9 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, EvalError, ModelError, CollectorUserError) as e:
+    except (UserError, EvalError, CollectorUserError) as e:
         print(f"edge {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except CaptureError as e:
+        print(f"edge {args.cmd}: error: {e}", file=sys.stderr)
+        return 3
+    except ModelError as e:
+        print(f"edge {args.cmd}: error: {e}", file=sys.stderr)
+        return 5
     except Exception as e:  # an unexpected failure still gets one line (details with -v/--verbose in the log)
         if getattr(args, "verbose", False):
             raise

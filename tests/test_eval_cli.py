@@ -139,7 +139,7 @@ def test_crops_eval_with_the_int8_reader(tmp_path):
     empty.mkdir()
     shutil.copy(MODELS / "plate_reader.onnx", empty)  # the float32 reader only: the int8 one is missing
     miss = run_edge("eval", "--crops", str(DATA / "crops"), "--models", str(empty), "--int8", "reader")
-    assert miss.returncode == 2 and "plate_reader.int8.onnx" in miss.stderr
+    assert miss.returncode == 5 and "plate_reader.int8.onnx" in miss.stderr
 
 
 def test_crops_eval_without_groundtruth(tmp_path):

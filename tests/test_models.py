@@ -110,7 +110,7 @@ def test_a_missing_or_malformed_metadata_key_is_one_clear_model_error(tmp_path):
     with pytest.raises(ModelError, match=r"rf.onnx: model metadata: max_shift: "):
         BoxRefiner(variant(MODELS / "plate_refiner.onnx", "rf.onnx", max_shift="7"))
     r = run_edge("eval", str(DATA / "scenes"), "--out", str(tmp_path / "p.jsonl"), "--models", str(tmp_path))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode == 5 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_the_exporters_write_metadata_the_loaders_read():

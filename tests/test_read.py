@@ -38,7 +38,7 @@ def test_edge_read_bad_input_is_one_line_and_exit_2(tmp_path):
         r = run_edge("read", *args)
         assert r.returncode == 2 and say in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     r = run_edge("read", str(SCENES / "scene000.jpg"), "--models", str(tmp_path))
-    assert r.returncode == 2 and "model file not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 5 and "model file not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_the_reader_takes_paths_and_bgr_grey_and_bgra_arrays():

@@ -113,7 +113,7 @@ def test_bench_command(tmp_path):
     assert "plate_detector.onnx + plate_reader.int8.onnx" in r.stdout
     assert run_edge("bench", str(CLIP), "--int8", "all").returncode == 2
     bad = run_edge("bench", str(tmp_path / "missing.mp4"))
-    assert bad.returncode == 2 and "not found" in bad.stderr
+    assert bad.returncode == 3 and "not found" in bad.stderr  # as edge replay says of the same file
 
 
 def gate_frame():

@@ -17,6 +17,9 @@ from edge.capture.base import CaptureError, Frame, FrameSource
 log = logging.getLogger("edge.capture")
 
 
+TRUNCATED_SLACK = 2  # containers may state a frame or two more than decode
+
+
 class VideoFileSource(FrameSource):
     """Plays a video file at its recorded frame rate (`pace`), or as fast as it decodes."""
 
@@ -60,6 +63,9 @@ class VideoFileSource(FrameSource):
         self.utc0 = utc0
         self.stop_event = stop or threading.Event()
         self.decoded = 0
+        n = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.claimed = int(n) if n and n > 0 else None  # the frame count the container states
+        self.truncated: tuple[int, int] | None = None  # (frames decoded, frames stated) when it ended early
 
     def frames(self) -> Iterator[Frame]:
         seq = self.start_frame
@@ -76,6 +82,7 @@ class VideoFileSource(FrameSource):
                         self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                         ok, img = self.cap.read()  # frame numbers keep counting across loops
                     if not ok or img is None:
+                        self._ended(seq)
                         return
             self.decoded += 1
             vt = seq / self.fps
@@ -86,11 +93,18 @@ class VideoFileSource(FrameSource):
             yield Frame(seq, t0 + vt, utc0 + timedelta(seconds=vt), img)
             seq += 1
 
+    def _ended(self, seq: int) -> None:
+        """The file ended at frame `seq`: say so when that is short of what the container states
+        (a truncated or damaged file: the reads of its missing part are missing too)."""
+        if self.claimed and seq < self.claimed - TRUNCATED_SLACK:
+            self.truncated = (seq, self.claimed)
+            log.warning("video %s ended after %d of its %d frames (truncated or damaged file)", self.path, seq, self.claimed)
+
     def close(self) -> None:
         self.cap.release()
 
     def stats(self) -> dict:
-        return {"decoded": self.decoded}
+        return {"decoded": self.decoded, **({"truncated_at": self.truncated[0]} if self.truncated else {})}
 
 
 def _is_device(source: str) -> bool:

@@ -20,18 +20,25 @@ from edge.collector.governance import DAY_MS, AccessDenied, Governance, NeedsApp
 from edge.collector.query import Query, search
 
 
-def parse_time(v: str) -> int:
-    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+def parse_time(v: str, name: str = "time") -> int:
+    """ISO 8601 with an offset, in ms; a bad value is a ValueError naming `name` (the flag or parameter)."""
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name}: {v!r} is not an ISO 8601 time (e.g. 2026-11-27T10:00:00Z)") from None
     if dt.tzinfo is None:
-        raise ValueError(f"time {v!r} needs a UTC offset (e.g. 2026-11-27T10:00:00Z)")
+        raise ValueError(f"{name}: {v!r} needs a UTC offset (e.g. 2026-11-27T10:00:00Z)")
     return int(dt.timestamp() * 1000)
 
 
 def floats(v: str, n: int, name: str) -> tuple[float, ...]:
     parts = v.split(",")
     if len(parts) != n:
-        raise ValueError(f"{name} needs {n} comma-separated numbers")
-    return tuple(float(x) for x in parts)
+        raise ValueError(f"{name} needs {n} comma-separated numbers, got {v!r}")
+    try:
+        return tuple(float(x) for x in parts)
+    except ValueError:
+        raise ValueError(f"{name} needs {n} comma-separated numbers, got {v!r}") from None
 
 
 def query_from_params(p: dict[str, str], now_ms: int) -> Query:
@@ -43,16 +50,26 @@ def query_from_params(p: dict[str, str], now_ms: int) -> Query:
         a, b, c, d = floats(p["box"], 4, "box")
         q.box = (a, b, c, d)
     if "from" in p:
-        q.since_ms = parse_time(p["from"])
+        q.since_ms = parse_time(p["from"], "from")
     if "to" in p:
-        q.until_ms = parse_time(p["to"])
+        q.until_ms = parse_time(p["to"], "to")
     if "days" in p:
         if q.until_ms is None:
             q.until_ms = now_ms  # pinned: a window ending at a later "now" would be longer than asked
-        q.since_ms = q.until_ms - int(float(p["days"]) * DAY_MS)
+        q.since_ms = q.until_ms - int(number(p["days"], "days") * DAY_MS)
     if "limit" in p:
-        q.limit = int(p["limit"])
+        limit = number(p["limit"], "limit")
+        if limit != int(limit) or not 1 <= limit <= 5000:
+            raise ValueError(f"limit: expected 1 to 5000 reads, got {p['limit']!r}")
+        q.limit = int(limit)
     return q
+
+
+def number(v: str, name: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {v!r}") from None
 
 
 def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:

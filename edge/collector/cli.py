@@ -96,6 +96,8 @@ def _query_args(args):
     from edge.collector.governance import DAY_MS
     from edge.collector.query import Query
 
+    if not 1 <= args.limit <= 5000:
+        raise CollectorUserError(f"--limit: expected 1 to 5000 reads, got {args.limit}")
     q = Query(plate=args.plate, match=args.match, camera=args.camera, site=args.site, limit=args.limit)
     try:
         if args.near:
@@ -105,9 +107,9 @@ def _query_args(args):
             a, b, c, d = floats(args.box, 4, "--box")
             q.box = (a, b, c, d)
         if args.since:
-            q.since_ms = parse_time(args.since)
+            q.since_ms = parse_time(args.since, "--from")
         if args.until:
-            q.until_ms = parse_time(args.until)
+            q.until_ms = parse_time(args.until, "--to")
         if args.days is not None:
             # the window ends now unless --to says otherwise, pinned here: ending it at the search's own
             # "now" a few ms later would make a 1-day window longer than a day (a history query)

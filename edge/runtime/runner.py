@@ -190,8 +190,9 @@ class Runner:
         hb.start()
         sd.send("READY=1")
         log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, outbox_path)
+        say = log.debug if self.o.replay else log.info  # a service's log names what it runs; a replay stays quiet
         for line in describe(stage, cfg.pipeline):
-            log.info("%s", " ".join(line.split()))
+            say("%s", " ".join(line.split()))
         if pub and not pub.wait_connected(3.0):
             log.warning("broker %s:%s not reachable yet; reads are kept in the outbox until it is", cfg.mqtt.host, cfg.mqtt.port)
         code = EXIT_OK
