@@ -109,13 +109,15 @@ def _setup_logging(args) -> None:
     import json
     import logging
 
+    from edge.record import iso_utc
+
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     if getattr(args, "log_json", False):
 
         class JsonFormatter(logging.Formatter):
             def format(self, r):
                 # ISO 8601 in UTC, as every other time the device writes
-                t = dt.datetime.fromtimestamp(r.created, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                t = iso_utc(dt.datetime.fromtimestamp(r.created, dt.UTC))
                 return json.dumps({"time": t, "level": r.levelname, "logger": r.name, "msg": r.getMessage()})
 
         h = logging.StreamHandler()

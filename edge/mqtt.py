@@ -17,12 +17,13 @@ import json
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.record import iso_utc
 
 log = logging.getLogger("edge.mqtt")
 
@@ -82,8 +83,8 @@ class MqttTransport:
 
     def _status(self, state: str) -> str:
         body: dict = {"state": state, "device_id": self.device_id}
-        if state == "online":
-            body["time"] = time.time()
+        if state == "online":  # ISO 8601 UTC, as the health message and the records write time
+            body["time"] = iso_utc()
         return json.dumps(body)
 
     def _make_client(self) -> mqtt.Client:

@@ -182,6 +182,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_utc(t: datetime | None = None) -> str:
+    """A time as the device writes it everywhere outside a record (status, health, JSON logs):
+    ISO 8601 in UTC to the millisecond, `2026-12-01T20:02:55.381Z`."""
+    return (t or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 if __name__ == "__main__":
     if "--write" in sys.argv:
         SCHEMA_FILE.parent.mkdir(exist_ok=True)

@@ -1,6 +1,7 @@
 """The device process end to end with a real Mosquitto: outages, kill -9, bad inputs (edge-runtime issue)."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -89,6 +90,11 @@ def test_replay_publishes_every_read_and_health(tmp_path):
         printed = [line for line in r.stdout.splitlines() if " id " in line]
         assert len(printed) == len(expected(CLIP))
         assert "WARNING" not in r.stderr, r.stderr  # a clean exit's own disconnection is no warning
+        iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # status and health write time alike
+        online = [json.loads(p) for t, p, _ in sub.messages if t.endswith("/status") and b"online" in p]
+        health = [json.loads(p) for t, p, _ in sub.messages if t.endswith("/health")]
+        assert online and all(iso.match(m["time"]) for m in online), online
+        assert not health or all(iso.match(m["time"]) for m in health), health[:1]
     finally:
         sub.close()
         b.stop()

@@ -10,8 +10,9 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
+
+from edge.record import iso_utc
 
 log = logging.getLogger("edge.health")
 KEEP_TIMES = 200  # stage times kept per stage for the medians
@@ -60,7 +61,7 @@ class Health:
         counts = self.counts()
         out: dict[str, Any] = {
             "device_id": self.device_id,
-            "time": datetime.now(UTC).isoformat(),
+            "time": iso_utc(),
             "uptime_s": round(up, 1),
             "fps_captured": round(counts.get("captured", 0) / up, 2),
             "fps_processed": round(counts.get("processed", 0) / up, 2),
