@@ -453,3 +453,43 @@ def test_database_urls_are_parsed_strictly(tmp_path):
     r = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", f"sqlite:///{db}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert db.exists()  # the README's four-slash form is the absolute path
+
+
+def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
+    """The admin's tools: users add refuses an existing name unless --rotate, users list and revoke
+    (never the last admin), cases list, rejects list; each audited, each refused to the wrong role."""
+    db = f"sqlite:///{tmp_path / 'ops.db'}"
+
+    def token(r):
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip().rsplit(" ", 1)[1]
+
+    root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
+    ann = token(run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db))
+    sam = token(run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db))
+    again = run_edge("users", "add", "ann", "--role", "admin", "--token", root, "--db", db)
+    assert again.returncode == 2 and "exists (investigator)" in again.stderr and "--rotate" in again.stderr
+    listed = run_edge("users", "list", "--token", root, "--db", db)
+    assert listed.returncode == 0 and "ann" in listed.stdout and "investigator" in listed.stdout  # still as she was
+    new = run_edge("users", "add", "ann", "--role", "investigator", "--rotate", "--token", root, "--db", db)
+    assert new.returncode == 0 and "rotated" in new.stdout
+    ann2 = token(new)
+    assert run_edge("cases", "list", "--token", ann, "--db", db).returncode == 2  # the old token is dead
+    assert run_edge("cases", "open", "K-9", "--title", "stolen van", "--token", sam, "--db", db).returncode == 0
+    cases = run_edge("cases", "list", "--token", ann2, "--db", db)
+    assert cases.returncode == 0 and "K-9" in cases.stdout and "open" in cases.stdout and "stolen van" in cases.stdout
+    assert run_edge("users", "list", "--token", ann2, "--db", db).returncode == 2  # admins only
+    r = run_edge("users", "revoke", "ann", "--token", root, "--db", db)
+    assert r.returncode == 0 and run_edge("cases", "list", "--token", ann2, "--db", db).returncode == 2
+    assert "revoked" in run_edge("users", "list", "--token", root, "--db", db).stdout
+    last = run_edge("users", "revoke", "root", "--token", root, "--db", db)
+    assert last.returncode == 2 and "last admin" in last.stderr
+    Ingestor(Store(db)).ingest([("lpr/v1/dev-1/reads", b'{"not": "a read"}'), ("lpr/v1/dev-1/reads", b"\xff\xfe")])
+    rj = run_edge("rejects", "list", "--token", root, "--db", db)
+    assert rj.returncode == 0 and len(rj.stdout.strip().splitlines()) == 2 and "lpr/v1/dev-1/reads" in rj.stdout
+    some = run_edge("rejects", "list", "--reason", "JSON", "--token", root, "--db", db)
+    assert some.returncode == 0 and len(some.stdout.strip().splitlines()) == 1, some.stdout
+    assert run_edge("rejects", "list", "--token", sam, "--db", db).returncode == 2  # payloads hold reads: admins only
+    trail = Store(db).query("SELECT action FROM audit ORDER BY seq")
+    for action in ("user.add", "user.rotate", "user.list", "user.revoke", "case.list", "rejects.list"):
+        assert (action,) in trail, action

@@ -179,6 +179,7 @@ def cmd_users_add(args) -> int:
 
     gov = _gov(args)
     empty = gov.s.one("SELECT COUNT(*) FROM users")[0] == 0
+    existed = gov.s.one("SELECT 1 FROM users WHERE name = ?", (args.name,)) is not None
     try:
         if args.bootstrap:
             if not empty:
@@ -189,11 +190,59 @@ def cmd_users_add(args) -> int:
         else:
             actor = _actor(gov, args)
             gov.require(actor, "admin")
-        token = gov.add_user(actor, args.name, args.role)
+        token = gov.add_user(actor, args.name, args.role, rotate=args.rotate)
     except (AccessDenied, ValueError) as e:
         print(f"edge users: error: {e}", file=sys.stderr)
         return 2
-    print(f"user {args.name} ({args.role}); API token (shown once, stored hashed): {token}")
+    note = " (rotated: the old token no longer works)" if existed else ""
+    print(f"user {args.name} ({args.role}){note}; API token (shown once, stored hashed): {token}")
+    return 0
+
+
+def _ms(v: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(v / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if v is not None else "-"
+
+
+def cmd_users_list(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        rows = gov.users(_actor(gov, args))
+    except AccessDenied as e:
+        raise CollectorUserError(str(e)) from None
+    for name, role, created, active in rows:
+        print(f"{name:<20} {role:<13} since {_ms(created)}  {'token ok' if active else 'revoked'}")
+    return 0
+
+
+def cmd_users_revoke(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        gov.revoke(_actor(gov, args), args.name)
+    except (AccessDenied, ValueError) as e:
+        raise CollectorUserError(str(e)) from None
+    print(f"user {args.name}: token revoked (edge users add {args.name} --rotate gives a new one)")
+    return 0
+
+
+def cmd_rejects(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    if not 1 <= args.limit <= 5000:
+        raise CollectorUserError(f"--limit: expected 1 to 5000, got {args.limit}")
+    gov = _gov(args)
+    try:
+        rows = gov.rejects(_actor(gov, args), args.reason, args.limit)
+    except AccessDenied as e:
+        raise CollectorUserError(str(e)) from None
+    for rid, received, topic, reason, size in rows:
+        print(f"{rid:>6}  {_ms(received)}  {topic or '-':<32} {size:>7} B  {reason}")
+    print(f"{len(rows)} reject(s)", file=sys.stderr)
     return 0
 
 
@@ -202,7 +251,13 @@ def cmd_cases(args) -> int:
 
     gov = _gov(args)
     actor = _actor(gov, args)
+    if args.action != "list" and not args.case:
+        raise CollectorUserError(f"cases {args.action} needs a CASE id")
     try:
+        if args.action == "list":
+            for cid, title, status, opened, closed, by in gov.cases(actor):
+                print(f"{cid:<16} {status:<7} opened {_ms(opened)} by {by:<12} closed {_ms(closed)}  {title}")
+            return 0
         if args.action == "open":
             gov.open_case(actor, args.case, args.title or "")
         elif args.action == "close":
@@ -298,12 +353,31 @@ def register(sub) -> None:
     ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
     ua.add_argument("--token", help="the admin's API token (or EDGE_TOKEN)")
     ua.add_argument("--bootstrap", action="store_true", help="create the first admin of an empty database")
+    ua.add_argument("--rotate", action="store_true", help="the user exists: give them a new token (the old one stops working)")
     ua.set_defaults(func=cmd_users_add)
+    ul = usub.add_parser("list", help="every user, role and whether their token works (admins)")
+    db(ul)
+    ul.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    ul.set_defaults(func=cmd_users_list)
+    ur = usub.add_parser("revoke", help="stop a user's token working (admins; never the last admin)")
+    db(ur)
+    ur.add_argument("name")
+    ur.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    ur.set_defaults(func=cmd_users_revoke)
 
-    cs = sub.add_parser("cases", help="collector: open/close cases, hold reads for a case")
+    rj = sub.add_parser("rejects", help="collector: messages ingest refused, newest first (admins; payloads not shown)")
+    rjsub = rj.add_subparsers(dest="rejects_cmd", required=True)
+    rl = rjsub.add_parser("list")
+    db(rl)
+    rl.add_argument("--reason", help="only rejects whose reason contains this")
+    rl.add_argument("--limit", type=int, default=50)
+    rl.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    rl.set_defaults(func=cmd_rejects)
+
+    cs = sub.add_parser("cases", help="collector: list, open or close cases, hold reads for a case")
     db(cs)
-    cs.add_argument("action", choices=["open", "close", "hold"])
-    cs.add_argument("case")
+    cs.add_argument("action", choices=["list", "open", "close", "hold"])
+    cs.add_argument("case", nargs="?")
     cs.add_argument("reads", nargs="*", help="read ids to hold (hold)")
     cs.add_argument("--token", help="your API token (or EDGE_TOKEN)")
     cs.add_argument("--title")

@@ -115,16 +115,67 @@ class Governance:
 
     # ------------------------------------------------------------ users
 
-    def add_user(self, actor: str, name: str, role: str) -> str:
+    def add_user(self, actor: str, name: str, role: str, rotate: bool = False) -> str:
+        """A new user with a new API token (returned once, stored hashed). An existing name is refused
+        unless `rotate`: then that user gets a new token (the old one stops working) and this role."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
         token = "lpr_" + secrets.token_urlsafe(24)  # a prefix: never starts with "-", easy to spot in a leak
         with self.s.tx():
-            self.s.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT (name) DO UPDATE SET role = excluded.role, token_hash = excluded.token_hash",
-                           (name, role, hash_token(token), self.now_ms()))
-        self.audit(actor, "user.set", {"name": name, "role": role})
+            old = self.s.one("SELECT role FROM users WHERE name = ?", (name,))
+            if old and not rotate:
+                raise ValueError(f"user {name!r} exists ({old[0]}): --rotate gives them a new token (the old one stops "
+                                 "working) and the role given")
+            if old:
+                self.s.execute("UPDATE users SET role = ?, token_hash = ? WHERE name = ?", (role, hash_token(token), name))
+            else:
+                self.s.execute("INSERT INTO users (name, role, token_hash, created) VALUES (?, ?, ?, ?)",
+                               (name, role, hash_token(token), self.now_ms()))
+        self.audit(actor, "user.rotate" if old else "user.add", {"name": name, "role": role, **({"was": old[0]} if old else {})})
         return token
+
+    def users(self, actor: str) -> list[tuple[str, str, int, bool]]:
+        """(name, role, created ms, has a working token) of every user; admins only."""
+        self.require(actor, "admin")
+        rows = self.s.query("SELECT name, role, created, token_hash FROM users ORDER BY name")
+        self.audit(actor, "user.list", {"users": len(rows)})
+        return [(r[0], r[1], int(r[2]), r[3] is not None) for r in rows]
+
+    def revoke(self, actor: str, name: str) -> None:
+        """The user's token stops working (the user and their audit trail stay); admins only, and never
+        the last admin with a working token."""
+        self.require(actor, "admin")
+        with self.s.tx():
+            r = self.s.one("SELECT role, token_hash FROM users WHERE name = ?", (name,))
+            if not r:
+                raise ValueError(f"unknown user {name!r}")
+            if r[0] == "admin" and r[1] is not None:
+                left = self.s.one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND token_hash IS NOT NULL AND name <> ?",
+                                  (name,))[0]
+                if not left:
+                    raise ValueError(f"{name!r} is the last admin with a working token: add another admin first")
+            self.s.execute("UPDATE users SET token_hash = NULL WHERE name = ?", (name,))
+        self.audit(actor, "user.revoke", {"name": name})
+
+    def cases(self, actor: str) -> list[tuple[str, str, str, int, int | None, str]]:
+        """(id, title, status, opened ms, closed ms, opened by) of every case; any user but a viewer."""
+        self.require(actor, "investigator", "supervisor", "admin")
+        rows = self.s.query("SELECT id, title, status, opened, closed, opened_by FROM cases ORDER BY opened")
+        self.audit(actor, "case.list", {"cases": len(rows)})
+        return [(r[0], r[1] or "", r[2], int(r[3]), int(r[4]) if r[4] is not None else None, r[5]) for r in rows]
+
+    def rejects(self, actor: str, reason: str | None = None, limit: int = 50) -> list[tuple[int, int, str, str, int]]:
+        """(id, received ms, topic, reason, payload bytes) of the newest rejected messages, those whose
+        reason contains `reason` if given; admins only (a payload may hold a read). Payloads are not shown."""
+        self.require(actor, "admin")
+        sql = "SELECT id, received, topic, reason, payload FROM rejects"
+        params: list = []
+        if reason:
+            sql += " WHERE reason LIKE ?"
+            params.append(f"%{reason}%")
+        rows = self.s.query(sql + " ORDER BY id DESC LIMIT ?", (*params, int(limit)))
+        self.audit(actor, "rejects.list", {"reason": reason, "shown": len(rows)})
+        return [(int(r[0]), int(r[1]), r[2] or "", r[3], len(r[4] or b"")) for r in rows]
 
     def role(self, name: str) -> str:
         r = self.s.one("SELECT role FROM users WHERE name = ?", (name,))
