@@ -1,8 +1,8 @@
 """The device process end to end with a real Mosquitto: outages, kill -9, bad inputs (edge-runtime issue)."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
