@@ -22,6 +22,7 @@ from typing import TextIO
 
 import cv2
 
+from edge.eval_sheet import Sheet
 from edge.plates import REGION_CODES, fold, region_of, rules_for
 from edge.tracking import edit_distance, iou
 
@@ -177,6 +178,7 @@ def run_eval(root: Path, out: Path, stage, stream: TextIO = sys.stdout, region_f
             print(f"reading {', '.join(k + '/' for k in known)} with that region's plate conventions (--no-region-from-folder: off)",
                   file=stream)
     tallies: dict[str, Tally] = {}
+    sheet = Sheet(out)
     prog = Progress(len(truths), "eval")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
@@ -198,6 +200,7 @@ def run_eval(root: Path, out: Path, stage, stream: TextIO = sys.stdout, region_f
                 ]
             f.write(json.dumps(rec) + "\n")
             tallies.setdefault(t.key.split("/")[0], Tally()).add(t, rec["plates"], rec["ms"])
+            _sheet_add(sheet, t, frame, rec["plates"])
             prog.update(i)
     stage.rules = base
     rows = {k: v.summary() for k, v in sorted(tallies.items())}
@@ -206,8 +209,26 @@ def run_eval(root: Path, out: Path, stage, stream: TextIO = sys.stdout, region_f
         total.merge(v)
     rows["all"] = total.summary()
     print(format_table(rows), file=stream)
-    print(f"peak memory {peak_rss_mb():.0f} MB; predictions in {out}", file=stream)
+    print("\n".join(sheet.reliability_lines()), file=stream)
+    print(f"peak memory {peak_rss_mb():.0f} MB; predictions in {out}; misread sheet {sheet.write(f'edge eval {root}')}",
+          file=stream)
     return rows
+
+
+def _sheet_add(sheet: Sheet, t: Truth, frame, plates: list[dict]) -> None:
+    """One image's errors and (confidence, right) pairs, scored as Tally scores them."""
+    over = [p for p in plates if matches(p["box"], t.box)]
+    for p in plates:
+        if p not in over:
+            sheet.score(p["confidence"], False)
+            sheet.add(t.key, frame, "false positive", "", p["text"], p["confidence"], tuple(p["box"]))
+    for p in over:
+        sheet.score(p["confidence"], normalize(p["text"]) == t.text)
+    if not over:
+        sheet.add(t.key, frame, "missed", t.text, "", None, t.box)
+    elif t.text not in [normalize(p["text"]) for p in over]:
+        best = max(over, key=lambda p: p["confidence"])
+        sheet.add(t.key, frame, "misread", t.text, best["text"], best["confidence"], tuple(best["box"]))
 
 
 def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO = sys.stdout,
@@ -227,6 +248,7 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
         print("reading crops whose state column names a US state or a known region with that region's conventions "
               "(--no-region-from-folder: off)", file=stream)
     prog = Progress(len(rows), "eval crops")
+    sheet = Sheet(out) if out else None
     sink = open(out, "w") if out else None
     try:
         for i, r in enumerate(rows, 1):
@@ -234,14 +256,14 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
             truth = normalize(r["text"])
             if img is None:
                 print(f"warning: cannot decode {root / r['filename']}; counted as not read", file=sys.stderr)
-                text, ms = "", None
+                text, ms, conf = "", None, None
             else:
                 region = region_of(r.get("state") or "") if region_from_state else None
                 reader.rules = rules_for((region,)) if region else base
                 t0 = time.perf_counter()
                 res = reader.read([img])[0]
                 ms = (time.perf_counter() - t0) * 1000
-                text = res.text
+                text, conf = res.text, res.confidence
             tally.n += 1
             tally.exact += text == truth
             tally.lenient += normalize(text, True) == normalize(truth, True)
@@ -250,7 +272,13 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
             if ms is not None:
                 tally.ms.append(ms)
             if sink:
-                sink.write(json.dumps({"image": r["filename"], "text": text, "truth": truth, "ms": round(ms or 0, 2)}) + "\n")
+                sink.write(json.dumps({"image": r["filename"], "text": text, "truth": truth, "ms": round(ms or 0, 2),
+                                       "confidence": None if conf is None else round(conf, 4)}) + "\n")
+            if sheet is not None:
+                if text and conf is not None:
+                    sheet.score(conf, text == truth)
+                if text != truth:
+                    sheet.add(r["filename"], img, "misread" if text else "missed", truth, text, conf)
             prog.update(i)
     finally:
         reader.rules = base
@@ -259,5 +287,8 @@ def run_crops_eval(root: Path, reader, out: Path | None = None, stream: TextIO =
     s = tally.summary()
     print(f"{'crops':8} {'images':>6} {'exact':>6} {'lenient':>7} {'CER':>6} {'ms(med)':>8}", file=stream)
     print(f"{root.name[:8]:8} {s['images']:6d} {s['exact']:6.3f} {s['lenient']:7.3f} {s['cer']:6.3f} {s['ms_median'] or 0:8.2f}", file=stream)
+    if sheet is not None:
+        print("\n".join(sheet.reliability_lines()), file=stream)
+        print(f"misread sheet {sheet.write(f'edge eval --crops {root}')}", file=stream)
     print(f"peak memory {peak_rss_mb():.0f} MB", file=stream)
     return s

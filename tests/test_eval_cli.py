@@ -193,3 +193,46 @@ def test_crops_eval_reads_us_state_crops_with_the_us_glyph_rule(tmp_path):
     assert all(x["text"] == y["text"] for x, y in zip(a[n:], b[n:]))  # not a US state: untouched
     bad = run_edge("eval", "--crops", str(d), "--region", "xx")
     assert bad.returncode == 2 and "unknown region 'xx'" in bad.stderr
+
+
+def test_eval_writes_a_misread_sheet_and_a_reliability_plot_a_browser_shows(scene_run, tmp_path):
+    """People look at errors rather than read JSON lines: every miss and false positive with its crop,
+    truth, read and confidence, and how often reads of each confidence were right, in one page."""
+    import cv2
+    import numpy as np
+
+    from .conftest import chromium
+
+    r, out = scene_run
+    page = out.with_name(out.stem + "-misreads.html")
+    assert f"misread sheet {page}" in r.stdout and "reliability (confidence -> share of reads right):" in r.stdout
+    misses = []
+    for line in out.read_text().splitlines():
+        rec = json.loads(line)
+        truth = (DATA / "scenes" / rec["image"]).with_suffix(".txt").read_text().split("\t")[5].strip()
+        if truth not in [p["text"] for p in rec["plates"]]:
+            misses.append((rec["image"], truth))
+    assert misses  # the rendered scenes have a couple, which the sheet must show
+    dom, shot = chromium(page.as_uri(), tmp_path / "sheet.png")
+    rows = dom.count("<tr>") - 1
+    assert rows >= len(misses) and all(image in dom and truth in dom for image, truth in misses)
+    assert dom.count("<circle") >= 1 and "share right" in dom
+    img = cv2.imread(str(shot))
+    blue = np.all(np.abs(img.astype(int) - (235, 111, 31)) < 40, axis=2)  # the plot's points (#1f6feb, BGR)
+    assert blue.sum() > 10
+    crops = sorted((out.parent / (out.stem + "-misreads")).glob("*.jpg"))
+    assert len(crops) == rows and all(cv2.imread(str(c)) is not None for c in crops)
+    left = img[:, 20:200]  # the crop column: the crops are drawn there, not broken-image boxes
+    assert (left.std(axis=2) > 20).sum() > 2000
+
+
+def test_crops_eval_writes_its_sheet_beside_the_predictions(tmp_path):
+    out = tmp_path / "crops.jsonl"
+    r = run_edge("eval", "--crops", str(DATA / "crops"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    page = out.with_name("crops-misreads.html")
+    wrong = [json.loads(x) for x in out.read_text().splitlines()]
+    wrong = [x for x in wrong if x["text"] != x["truth"]]
+    html = page.read_text()
+    assert f"misread sheet {page}" in r.stdout and html.count("<tr>") - 1 == len(wrong)
+    assert all(x["truth"] in html for x in wrong)
