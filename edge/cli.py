@@ -249,12 +249,20 @@ def cmd_subscribe(args) -> int:
         if r.read_id in seen:
             return
         seen.add(r.read_id)
+        crop = ""
+        if args.save_crops and r.images.plate_jpeg:
+            import base64
+
+            path = Path(args.save_crops) / f"{r.plate.text}-{r.read_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(base64.b64decode(r.images.plate_jpeg))
+            crop = f"  crop {path}"
         if args.json:
             d = json.loads(r.to_json())
             d.get("images", {}).pop("plate_jpeg", None)
             print(json.dumps(d), flush=True)
         else:
-            print(f"[mqtt {msg.topic}] {format_read(r)}", flush=True)
+            print(f"[mqtt {msg.topic}] {format_read(r)}{crop}", flush=True)
 
     c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(args.topic, qos=1)
@@ -403,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=0, help="exit after this many distinct reads")
     s.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--save-crops", metavar="DIR", help="save each read's plate crop here (TEXT-READ_ID.jpg)")
     s.set_defaults(func=cmd_subscribe)
 
     pv = sub.add_parser("provision", help="deployment CA, device bundles, broker and collector certificates")

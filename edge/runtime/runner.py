@@ -84,10 +84,12 @@ def replay_read_id(key: str) -> Callable[[Pass], str]:
 
 
 def format_read(r: Read) -> str:
-    p = r.plate
-    region = p.region or "-"
+    """One read on one line: time, plate, confidence, track, where (GPS), whose camera, id."""
+    p, g, c = r.plate, r.gps, r.camera
+    where = f"{g.lat:.5f},{g.lon:.5f} ({g.status})" if g.lat is not None and g.lon is not None else g.status
+    owner = ", ".join(x for x in (c.owner, c.site) if x)
     return (f"{r.time.strftime('%H:%M:%S.%f')[:-3]}  {p.text:<10} conf {p.confidence:.2f}  frames {r.track.frames:3d}  "
-            f"{r.track.direction}/{r.track.lateral}  region {region}  gps {r.gps.status}  id {r.read_id}")
+            f"{r.track.direction}/{r.track.lateral}  region {p.region or '-'}  gps {where}  camera {c.id} ({owner})  id {r.read_id}")
 
 
 @dataclass
