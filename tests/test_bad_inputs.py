@@ -23,9 +23,9 @@ def one_clean_line(r, code: int, *needles: str) -> None:
 def collector(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("collector")
     db = f"sqlite:///{tmp / 'c.db'}"
-    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.strip().rsplit(" ", 1)[1]
-    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.strip().rsplit(" ", 1)[1]
-    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.strip().rsplit(" ", 1)[1]
+    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.strip().split()[-1]
+    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.strip().split()[-1]
+    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.strip().split()[-1]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     return db, ann
 

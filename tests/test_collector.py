@@ -376,7 +376,7 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
 
     def token(r):
         assert r.returncode == 0, r.stderr
-        return r.stdout.strip().rsplit(" ", 1)[1]
+        return r.stdout.strip().split()[-1]
 
     root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
     assert run_edge("users", "add", "eve", "--role", "admin", "--bootstrap", "--db", db).returncode == 2
@@ -462,7 +462,7 @@ def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
 
     def token(r):
         assert r.returncode == 0, r.stderr
-        return r.stdout.strip().rsplit(" ", 1)[1]
+        return r.stdout.strip().split()[-1]
 
     root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
     ann = token(run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db))
@@ -472,7 +472,7 @@ def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
     listed = run_edge("users", "list", "--token", root, "--db", db)
     assert listed.returncode == 0 and "ann" in listed.stdout and "investigator" in listed.stdout  # still as she was
     new = run_edge("users", "add", "ann", "--role", "investigator", "--rotate", "--token", root, "--db", db)
-    assert new.returncode == 0 and "rotated" in new.stdout
+    assert new.returncode == 0 and "rotated" in new.stderr
     ann2 = token(new)
     assert run_edge("cases", "list", "--token", ann, "--db", db).returncode == 2  # the old token is dead
     assert run_edge("cases", "open", "K-9", "--title", "stolen van", "--token", sam, "--db", db).returncode == 0

@@ -70,6 +70,10 @@ class VideoFileSource(FrameSource):
     def frames(self) -> Iterator[Frame]:
         seq = self.start_frame
         t0 = self.clock() - seq / self.fps
+        # the wall time of frame 0: now, for a paced replay (its frames then happen now); a fast one
+        # runs ahead of the clock, so its clip is placed to end now, and no read is stamped in the future
+        if self.utc0 is None and not self.pace and self.claimed:
+            self.utc0 = self.wall() - timedelta(seconds=self.claimed / self.fps)
         utc0 = self.utc0 or self.wall()
         self.utc0 = utc0
         while not self.stop_event.is_set():

@@ -162,6 +162,26 @@ def cmd_approve(args) -> int:
     return 0
 
 
+def cmd_approvals(args) -> int:
+    """The requests waiting for a supervisor: `--ids` prints their ids alone (one per line)."""
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        rows = gov.pending(_actor(gov, args))
+    except AccessDenied as e:
+        raise CollectorUserError(str(e)) from None
+    for rid, requester, case, query, filed in rows:
+        if args.ids:
+            print(rid)
+        else:
+            asked = ", ".join(f"{k} {v}" for k, v in query.items() if v not in (None, "", [], 500) and k != "limit")
+            print(f"{rid}  filed {_ms(filed)} by {requester:<12} case {case:<12} {asked}")
+    if not args.ids:
+        print(f"{len(rows)} request(s) waiting", file=sys.stderr)
+    return 0
+
+
 def cmd_audit_verify(args) -> int:
     gov = _gov(args)
     problems = gov.verify_audit()
@@ -195,7 +215,9 @@ def cmd_users_add(args) -> int:
         print(f"edge users: error: {e}", file=sys.stderr)
         return 2
     note = " (rotated: the old token no longer works)" if existed else ""
-    print(f"user {args.name} ({args.role}){note}; API token (shown once, stored hashed): {token}")
+    # the token alone on stdout, so a script can keep it: TOKEN=$(edge users add ...)
+    print(f"user {args.name} ({args.role}){note}; their API token follows (shown once, stored hashed)", file=sys.stderr)
+    print(token)
     return 0
 
 
@@ -338,6 +360,14 @@ def register(sub) -> None:
     a.add_argument("request")
     a.add_argument("--token", help="the approving supervisor's API token (or EDGE_TOKEN)")
     a.set_defaults(func=cmd_approve)
+
+    ap = sub.add_parser("approvals", help="collector: movement-history requests waiting for a supervisor")
+    apsub = ap.add_subparsers(dest="approvals_cmd", required=True)
+    apl = apsub.add_parser("list")
+    db(apl)
+    apl.add_argument("--token", help="a supervisor's API token (or EDGE_TOKEN)")
+    apl.add_argument("--ids", action="store_true", help="print only the request ids, one per line")
+    apl.set_defaults(func=cmd_approvals)
 
     au = sub.add_parser("audit", help="collector: audit log tools")
     ausub = au.add_subparsers(dest="audit_cmd", required=True)

@@ -16,6 +16,7 @@ inserted or removed row (the head is also written to a file outside the database
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import time
@@ -38,7 +39,7 @@ class AccessDenied(Exception):
 class NeedsApproval(Exception):
     def __init__(self, request_id: str):
         super().__init__(f"this is a movement-history query: a supervisor must approve request {request_id} first "
-                         f"(edge approve {request_id} --user SUPERVISOR)")
+                         f"(edge approve {request_id} --token SUPERVISOR_TOKEN)")
         self.request_id = request_id
 
 
@@ -239,6 +240,14 @@ class Governance:
                        (rid, actor, case_id, dumps(query), self.now_ms()))
         self.audit(actor, "approval.request", {"id": rid, "case": case_id, "query": query})
         return rid
+
+    def pending(self, actor: str) -> list[tuple[str, str, str, dict, int]]:
+        """(id, requester, case, query, filed ms) of the approval requests no one has approved yet,
+        oldest first: what a supervisor is asked to look at; audited."""
+        self.require(actor, "supervisor")
+        rows = self.s.query("SELECT id, requester, case_id, query, created FROM approvals WHERE approver IS NULL ORDER BY created")
+        self.audit(actor, "approval.list", {"pending": len(rows)})
+        return [(r[0], r[1], r[2], json.loads(r[3]), int(r[4])) for r in rows]
 
     def approve(self, actor: str, request_id: str) -> None:
         self.require(actor, "supervisor")
