@@ -17,8 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from .broker import free_port
 from .conftest import ROOT, record_stage
+from .pg import Postgres, pg_bin
 
 DIRECTIVE = re.compile(r'^<!-- readme-test: (skip|skip-line "([^"]+)"): (.+?) -->$')
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -124,8 +127,10 @@ def test_every_readme_block_is_run_or_says_why_not():
             assert len(b.skip) > 20, f"{b.source}: a skipped block says why"
 
 
-def test_the_readme_as_a_new_user_types_it(tmp_path):
-    """Every block of README.md and deploy/*/README.md, in order, in one shell, in a copy of the checkout."""
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_the_readme_as_a_new_user_types_it(tmp_path, db):
+    """Every block of README.md and deploy/*/README.md, in order, in one shell, in a copy of the checkout;
+    the collector's database as the README gives it (SQLite), and once on a real PostgreSQL server."""
     work = checkout_copy(tmp_path / "edge-lpr")
     all_blocks = [b for p in readmes() for b in blocks(p)]
     (tmp_path / "readme.sh").write_text(script(all_blocks))
@@ -138,9 +143,19 @@ def test_the_readme_as_a_new_user_types_it(tmp_path):
             env[keep] = os.environ[keep]
     env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))  # the machine's cache, as a user's second run has
     (tmp_path / "home").mkdir()
+    pg = None
+    if db == "postgresql":
+        if pg_bin() is None:
+            pytest.skip("PostgreSQL server not installed (make test installs it)")
+        pg = Postgres(tmp_path / "pg").start()
+        env["EDGE_COLLECTOR_DB"] = pg.url  # the README's line keeps a database the user named
     t0 = time.monotonic()
-    r = subprocess.run(["bash", str(tmp_path / "readme.sh")], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-    record_stage("README walk-through (make demo in a copy, every block)", time.monotonic() - t0)
+    try:
+        r = subprocess.run(["bash", str(tmp_path / "readme.sh")], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    finally:
+        if pg is not None:
+            pg.stop()
+    record_stage(f"README walk-through ({db}: make demo in a copy, every block)", time.monotonic() - t0)
     out = r.stdout
     for line in out.splitlines():
         if line.startswith("::skipped"):
@@ -154,3 +169,4 @@ def test_the_readme_as_a_new_user_types_it(tmp_path):
     found = [x for x in out.splitlines() if "DW03NTE" in x and "gate-north-01-cam North crossing" in x]
     assert len(found) == 2 and "needs approval" in out and re.search(r"^approved APR-[0-9a-f]+$", out, re.M), out[-3000:]
     assert (work / "car-plates.jpg").exists() and (work / "out" / "eval-misreads.html").exists()
+    assert (work / "collector.db").exists() == (db == "sqlite")  # the collector used the database it was given
