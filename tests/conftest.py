@@ -137,3 +137,36 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     waited = STAGES.get("image build, waited for after the other tests", (0.0, ""))[0]
     tr.write_line(f"{'the rest (every other test)':48s} {total - image_total - waited:7.0f} s")
     tr.write_line(f"{'pytest in all':48s} {total:7.0f} s")
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    from .pg import Postgres, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL server not installed")
+    pg = Postgres(tmp_path_factory.mktemp("pg")).start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A collector store, once on SQLite and once on a real PostgreSQL server, emptied for each test."""
+    from edge.collector.store import Store
+
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    else:
+        from edge.collector.exposure import SCHEMA as EXPOSURE
+
+        pg = request.getfixturevalue("postgres")
+        s = Store(pg.url)
+        with s.tx():
+            for stmt in EXPOSURE:
+                s.execute(stmt)
+        with s.tx():
+            for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure"):
+                s.execute(f"DELETE FROM {t}")
+    yield s
+    s.close()

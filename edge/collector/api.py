@@ -117,7 +117,8 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
                 return self.reply(403, {"error": str(e)})
             except ValueError as e:
                 return self.reply(400, {"error": str(e)})
-            return self.reply(200, {"count": len(rows), "reads": rows})
+            return self.reply(200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts,
+                                    "note": rows.note})
 
         def do_POST(self):  # noqa: N802
             self.reply(405, {"error": "read-only API"})

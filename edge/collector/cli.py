@@ -143,9 +143,14 @@ def cmd_query(args) -> int:
             print(json.dumps(r))
         else:
             img = "image" if r.get("images", {}).get("plate_jpeg") else "-"
-            print(f"{r['time']}  {r['plate']['text']:<10} {r['camera']['id']:<12} {r['camera'].get('site') or '-':<20} "
+            print(f"{r['time']}  {r['plate'].get('text', '(withheld)'):<10} {r['camera']['id']:<12} {r['camera'].get('site') or '-':<20} "
                   f"{r['gps'].get('lat', '-')},{r['gps'].get('lon', '-')}  {r['track']['direction']:<8} {img}  {r['read_id']}")
-    print(f"{len(rows)} read(s)", file=sys.stderr)
+    if rows.counts is not None:
+        print(json.dumps({"counts": rows.counts}) if args.json else
+              f"{rows.counts['reads']} read(s): " + ", ".join(f"{c} {n}" for c, n in rows.counts["cameras"].items()))
+    if rows.note:
+        print(f"edge query: {rows.note}", file=sys.stderr)
+    print(f"{len(rows)} read(s)" + (f", {rows.withheld} left out" if rows.withheld else ""), file=sys.stderr)
     return 0
 
 

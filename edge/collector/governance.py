@@ -37,8 +37,8 @@ class AccessDenied(Exception):
 
 
 class NeedsApproval(Exception):
-    def __init__(self, request_id: str):
-        super().__init__(f"this is a movement-history query: a supervisor must approve request {request_id} first "
+    def __init__(self, request_id: str, why: str = "this is a movement-history query"):
+        super().__init__(f"{why}: a supervisor must approve request {request_id} first "
                          f"(edge approve {request_id} --token SUPERVISOR_TOKEN)")
         self.request_id = request_id
 
@@ -48,7 +48,10 @@ class Policy:
     retention_days: float = 30.0
     max_hold_days: float = 5 * 365
     cache_ttl_hours: float = 4.0  # clamped to 4..24
-    history_hours: float = 24.0
+    history_hours: float = 24.0  # a plate seen over a longer time, in one search or several, is a movement history
+    history_reads: int = 10  # or more reads of one plate than this, shown to one user
+    approval_valid_hours: float = 24.0  # an approval is used once within this time of being granted
+    approval_slack_ms: int = 60_000  # a re-run's window may be this much longer than the approved one (its clock moved)
     audit_head_file: Path | None = None
 
     def __post_init__(self):
@@ -61,9 +64,12 @@ def hash_token(token: str) -> str:
 
 class Governance:
     def __init__(self, store: Store, policy: Policy | None = None, clock: Callable[[], float] = time.time):
+        from edge.collector.exposure import Exposure
+
         self.s = store
         self.p = policy or Policy()
         self.clock = clock
+        self.exposure = Exposure(store, int(self.p.history_hours * 3_600_000), self.p.history_reads)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -261,25 +267,34 @@ class Governance:
         self.s.execute("UPDATE approvals SET approver = ?, approved = ? WHERE id = ?", (actor, self.now_ms(), request_id))
         self.audit(actor, "approval.grant", {"id": request_id, "requester": r[0]})
 
-    def use_approval(self, actor: str, case_id: str, query: dict, approval: str | None) -> str | None:
-        """Check a movement-history query against its approval (or file a request and refuse)."""
+    def use_approval(self, actor: str, case_id: str, question: dict, approval: str | None) -> str | None:
+        """Check a search against its approval (or file a request and refuse). An approval covers a
+        question (plate, match kind, filters: edge.collector.query.binding), a case and a window
+        length, for the requester, once, within approval_valid_hours of being granted."""
         if approval:
-            r = self.s.one("SELECT requester, case_id, query, approver, used FROM approvals WHERE id = ?", (approval,))
+            r = self.s.one("SELECT requester, case_id, query, approver, approved, used FROM approvals WHERE id = ?", (approval,))
             if not r:
                 raise AccessDenied(f"no approval {approval}")
-            requester, case, q, approver, used = r
-            if requester != actor or case != case_id or q != dumps(query):
-                raise AccessDenied(f"approval {approval} was given for another user, case or query")
+            requester, case, q, approver, approved, used = r
+            asked = json.loads(q)
+            same = {k: v for k, v in asked.items() if k != "window_ms"} == {k: v for k, v in question.items() if k != "window_ms"}
+            if requester != actor or case != case_id or not same:
+                raise AccessDenied(f"approval {approval} was given for another user, case or question")
+            if question.get("window_ms", 0) > int(asked.get("window_ms", 0)) + self.p.approval_slack_ms:
+                raise AccessDenied(f"approval {approval} covers {int(asked.get('window_ms', 0)) / DAY_MS:g} day(s); this "
+                                   f"search asks for {question['window_ms'] / DAY_MS:g}")
             if not approver:
                 raise AccessDenied(f"approval {approval} has not been granted yet")
             if used:
                 raise AccessDenied(f"approval {approval} was already used")
+            if self.now_ms() - int(approved) > self.p.approval_valid_hours * 3_600_000:
+                raise AccessDenied(f"approval {approval} has expired ({self.p.approval_valid_hours:g} h after it was granted)")
             with self.s.tx(exclusive=True):  # used once, even by two processes at the same moment
                 n = self.s.execute("UPDATE approvals SET used = ? WHERE id = ? AND used IS NULL", (self.now_ms(), approval)).rowcount
             if n != 1:
                 raise AccessDenied(f"approval {approval} was already used")
             return approval
-        raise NeedsApproval(self.request_approval(actor, case_id, query))
+        raise NeedsApproval(self.request_approval(actor, case_id, question))
 
     # ------------------------------------------------------------ retention
 
@@ -301,7 +316,9 @@ class Governance:
                 "DELETE FROM images WHERE hash NOT IN (SELECT plate_image FROM reads WHERE plate_image IS NOT NULL) "
                 "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE vehicle_image IS NOT NULL)").rowcount
             ttl = int(self.p.cache_ttl_hours * 3_600_000)
-            gone_cache = self.s.execute("DELETE FROM query_cache WHERE created < ?", (now - ttl,)).rowcount
+            # searches keep no results (a leftover cache table is emptied); a deleted read leaves the budgets too
+            gone_cache = self.s.execute("DELETE FROM query_cache WHERE created < ? OR ?", (now - ttl, bool(ids))).rowcount
+            self.exposure.forget_reads(ids)
         detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "expired_cache": gone_cache,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
         self.audit(actor, "retention.delete", detail)

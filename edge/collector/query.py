@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edge.collector.governance import DAY_MS, MAX_WINDOW_MS, AccessDenied, Governance
+from edge.collector.governance import DAY_MS, MAX_WINDOW_MS, AccessDenied, Governance, NeedsApproval
 from edge.collector.ingest import fuzzy_key
-from edge.collector.store import dumps
 
 PLATE_PATTERN = re.compile(r"^[A-Z0-9*?]{1,10}$")
 
@@ -57,8 +55,27 @@ def haversine_km(lat1, lon1, lat2, lon2) -> float:
     return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
 
 
+MIN_KNOWN_CHARS = 5  # a wildcard search names at least this many characters: it finds a vehicle already identified
+
+
+class Found(list):
+    """The reads a search shows, with what it left out and why (`withheld`, `counts`, `note`)."""
+
+    def __init__(self, rows=(), withheld: int = 0, counts: dict | None = None, note: str = ""):
+        super().__init__(rows)
+        self.withheld, self.counts, self.note = withheld, counts, note
+
+
+def binding(q: Query) -> dict:
+    """What an approval covers: the question (plate, match kind, filters) and the window's length, not
+    its end: a search re-run later with the same --days is the same question."""
+    return {"plate": q.plate, "match": q.match if q.plate else None, "camera": q.camera, "site": q.site,
+            "near": list(q.near) if q.near else None, "box": list(q.box) if q.box else None,
+            "window_ms": int(q.until_ms or 0) - int(q.since_ms or 0)}
+
+
 def search(gov: Governance, user: str, case_id: str | None, query: Query, approval: str | None = None,
-           export: bool = False) -> list[dict]:
+           export: bool = False) -> Found:
     """Run a governed query. Refusals are audited too, then raised."""
     try:
         return _search(gov, user, case_id, query, approval, export)
@@ -67,7 +84,7 @@ def search(gov: Governance, user: str, case_id: str | None, query: Query, approv
         raise
 
 
-def _search(gov: Governance, user: str, case_id: str | None, query: Query, approval: str | None, export: bool) -> list[dict]:
+def _search(gov: Governance, user: str, case_id: str | None, query: Query, approval: str | None, export: bool) -> Found:
     role = gov.role(user)
     if role == "admin":
         raise AccessDenied(f"user {user!r} (admin) manages the system and may not search reads")
@@ -76,31 +93,63 @@ def _search(gov: Governance, user: str, case_id: str | None, query: Query, appro
     q = query.normalised(gov.now_ms())
     if q.plate and role == "viewer":
         raise AccessDenied(f"user {user!r} (viewer) may not search by plate")
+    if q.plate and q.match == "wildcard" and sum(c not in "*?" for c in q.plate) < MIN_KNOWN_CHARS:
+        raise AccessDenied(f"a wildcard search names at least {MIN_KNOWN_CHARS} characters of the plate: it finds a vehicle "
+                           f"already identified, not every plate ({q.plate!r} names {sum(c not in '*?' for c in q.plate)})")
     qdict = asdict(q)
     since, until = int(q.since_ms or 0), int(q.until_ms or 0)  # normalised: both set
-    history = bool(q.plate) and (until - since) > gov.p.history_hours * 3_600_000
+    long = (until - since) > gov.p.history_hours * 3_600_000
+    bound = binding(q)
     used = None
-    if history:
-        # the approval binds the query as it was asked (so a default window means the same on a re-run)
-        asked = {**asdict(query), "plate": q.plate}
-        used = gov.use_approval(user, case_id, asked, approval)
+    if q.plate and long:  # a movement history
+        used = gov.use_approval(user, case_id, bound, approval)
+    elif long and approval:  # a camera, site or area over a long window, approved to show plates
+        used = gov.use_approval(user, case_id, bound, approval)
+    elif long:  # without approval such a search shows counts only
+        counts = _counts(gov, q)
+        rid = gov.request_approval(user, case_id, bound)
+        note = (f"a search by camera, site or area over more than {gov.p.history_hours:g} h shows counts only; "
+                f"a supervisor's approval of request {rid} shows its reads (--approval {rid})")
+        gov.audit(user, "query.counts", {"case": case_id, "query": qdict, "counts": counts, "request": rid})
+        return Found([], withheld=counts["reads"], counts=counts, note=note)
     include_images = role != "viewer"
-    key = hashlib.sha256(f"{user}|{case_id}|{dumps(qdict)}|{include_images}".encode()).hexdigest()
-    ttl = int(gov.p.cache_ttl_hours * 3_600_000)
-    cached = gov.s.one("SELECT created, result FROM query_cache WHERE key = ?", (key,))
-    if cached and gov.now_ms() - int(cached[0]) < ttl and not history:
-        rows = json.loads(cached[1])
-    else:
-        rows = _run(gov, q, include_images)
-        if not history:  # movement histories are never cached
-            gov.s.execute("INSERT INTO query_cache (key, created, result) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-                          "SET created = excluded.created, result = excluded.result", (key, gov.now_ms(), json.dumps(rows)))
+    rows = _run(gov, q, include_images)
+    withheld, note = 0, ""
+    if used is None and role != "viewer":  # an approved search's reads do not count against the budget
+        by_key: dict[str, list[dict]] = {}
+        for r in rows:
+            by_key.setdefault(fuzzy_key(r["plate"]["text"]), []).append(r)
+        over = {k for k, rs in by_key.items() if gov.exposure.over(user, k, since, until, {r["read_id"] for r in rs})}
+        if over and q.plate:
+            rid = gov.request_approval(user, case_id, bound)
+            raise NeedsApproval(rid, f"you have already seen this plate over {gov.p.history_hours:g} h or {gov.p.history_reads} "
+                                     "reads: more of it is a movement history")
+        if over:
+            withheld = sum(len(by_key[k]) for k in over)
+            rows = [r for r in rows if fuzzy_key(r["plate"]["text"]) not in over]
+            note = (f"{withheld} read(s) of {len(over)} plate(s) left out: you have already seen them over "
+                    f"{gov.p.history_hours:g} h or {gov.p.history_reads} reads (a plate search with a supervisor's approval shows them)")
+        for k, rs in by_key.items():
+            if k not in over:
+                gov.exposure.record(user, k, since, until, {r["read_id"] for r in rs}, gov.now_ms())
+    if role == "viewer":
+        for r in rows:  # a viewer sees that a vehicle passed, not which one
+            r["plate"] = {"withheld": True}
     gov.audit(user, "export" if export else "query",
-              {"case": case_id, "query": qdict, "results": len(rows), "approval": used, "read_ids": [r["read_id"] for r in rows][:200]})
-    return rows
+              {"case": case_id, "query": qdict, "results": len(rows), "withheld": withheld, "approval": used,
+               "read_ids": [r["read_id"] for r in rows][:200]})
+    return Found(rows, withheld=withheld, note=note)
 
 
-def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
+def _counts(gov: Governance, q: Query) -> dict:
+    where, params = _where(q)
+    n = gov.s.one(f"SELECT COUNT(*) FROM reads WHERE {' AND '.join(where)}", params)[0]
+    per = gov.s.query(f"SELECT camera_id, COUNT(*) FROM reads WHERE {' AND '.join(where)} GROUP BY camera_id ORDER BY camera_id",
+                      params)
+    return {"reads": int(n), "cameras": {c: int(k) for c, k in per}}
+
+
+def _where(q: Query) -> tuple[list[str], list[Any]]:
     where: list[str] = ["ts >= ?", "ts <= ?"]
     params: list[Any] = [q.since_ms, q.until_ms]
     if q.plate:
@@ -128,6 +177,11 @@ def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
         dlon = km / max(1e-6, 111.0 * math.cos(math.radians(lat)))
         where.append("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
         params += [lat - dlat, lat + dlat, lon - dlon, lon + dlon]
+    return where, params
+
+
+def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
+    where, params = _where(q)
     sql = f"SELECT record, plate_image, lat, lon FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC LIMIT ?"
     params.append(q.limit)
     out = []

@@ -1,0 +1,131 @@
+"""Movement histories however the searches are sliced: the exposure budget, wildcards that name a vehicle,
+counts only for long camera/site/area searches, viewers without plates, approvals bound to the question."""
+
+from datetime import timedelta
+
+import pytest
+
+from edge.collector.governance import AccessDenied, NeedsApproval
+from edge.collector.ingest import Ingestor
+from edge.collector.query import Query, search
+
+from .test_collector import NOW, good, setup_gov
+
+DAY_MS = 86_400_000
+NOW_MS = int(NOW.timestamp() * 1000)
+
+
+def day(k: int, **kw) -> Query:
+    """The k-th day back from NOW, as one search."""
+    return Query(since_ms=NOW_MS - (k + 1) * DAY_MS, until_ms=NOW_MS - k * DAY_MS, **kw)
+
+
+@pytest.fixture
+def seen(store):
+    """One plate read at one camera on 3 days of the last 31, and another car beside it each time."""
+    ing = Ingestor(store, clock=lambda: NOW.timestamp())
+    msgs = []
+    for i, k in enumerate((2, 11, 25)):
+        t = NOW - timedelta(days=k, hours=6)
+        msgs += [("t", good(10 + i, t, "AB12CDE", camera="cam-1", site="north")), ("t", good(20 + i, t, f"ZZ{i}9XYZ", camera="cam-1"))]
+    ing.ingest(msgs)
+    gov, clock = setup_gov(store)
+    return gov, clock
+
+
+def test_31_one_day_plate_searches_do_not_add_up_to_a_history(seen):
+    gov, _ = seen
+    found, refused = [], 0
+    for k in range(31):
+        try:
+            found += [r["read_id"] for r in search(gov, "alice", "CASE-1", day(k, plate="AB12CDE"))]
+        except NeedsApproval:
+            refused += 1
+    assert len(found) == 1 and refused == 2  # the first day it was seen; the other two days need a supervisor
+    pending = gov.pending("sam")
+    assert len(pending) == 2 and all(p[3]["plate"] == "AB12CDE" for p in pending)
+
+
+def test_fuzzy_and_daily_camera_searches_share_the_plates_budget(seen):
+    gov, _ = seen
+    assert len(search(gov, "alice", "CASE-1", day(2, plate="AB12CDE"))) == 1
+    with pytest.raises(NeedsApproval):
+        search(gov, "alice", "CASE-1", day(11, plate="A812CDE", match="fuzzy"))  # the look-alike key is the same plate
+    shown, withheld = [], 0
+    for k in range(31):
+        got = search(gov, "alice", "CASE-1", day(k, camera="cam-1"))
+        shown += [r["plate"]["text"] for r in got]
+        withheld += got.withheld
+    assert shown.count("AB12CDE") == 1 and withheld == 2  # the camera's other days leave that plate out
+    assert sorted(t for t in shown if t != "AB12CDE") == ["ZZ09XYZ", "ZZ19XYZ", "ZZ29XYZ"]
+
+
+def test_long_camera_site_and_area_searches_show_counts_only(seen):
+    gov, _ = seen
+    for q in (Query(camera="cam-1", since_ms=NOW_MS - 1800 * DAY_MS), Query(site="north"),
+              Query(near=(47.0, 15.0, 5.0), since_ms=NOW_MS - 40 * DAY_MS)):
+        got = search(gov, "alice", "CASE-1", q)
+        assert list(got) == [] and got.counts["reads"] >= 3 and "counts only" in got.note
+    assert len(gov.pending("sam")) == 3  # each filed a request a supervisor may approve
+
+
+def test_a_viewer_sees_that_vehicles_passed_not_which(seen):
+    gov, _ = seen
+    got = search(gov, "val", "CASE-1", day(2, site="north"))
+    assert got and all(r["plate"] == {"withheld": True} and r["images"] == {} for r in got)
+    assert "AB12CDE" not in repr(list(got))
+
+
+@pytest.mark.parametrize("pattern", ["*", "A*", "AB1*", "????CDE*", "AB12*"])
+def test_a_wildcard_names_a_vehicle_already_identified(seen, pattern):
+    gov, _ = seen
+    with pytest.raises(AccessDenied, match="names at least 5 characters"):
+        search(gov, "alice", "CASE-1", day(2, plate=pattern))
+
+
+def test_a_five_character_wildcard_is_a_plate_search(seen):
+    gov, _ = seen
+    assert [r["plate"]["text"] for r in search(gov, "alice", "CASE-1", day(2, plate="AB12C?E"))] == ["AB12CDE"]
+
+
+def test_an_approval_binds_the_question_and_a_window_length_not_a_moment(seen):
+    """Requested with a 30-day window and re-run later with the same length: it holds; a longer window,
+    another plate or another case does not; it is used once, and within 24 h of being granted."""
+    gov, clock = seen
+    q30 = Query(plate="AB12CDE", since_ms=NOW_MS - 30 * DAY_MS, until_ms=NOW_MS)
+    with pytest.raises(NeedsApproval) as e:
+        search(gov, "alice", "CASE-1", q30)
+    req = e.value.request_id
+    gov.approve("sam", req)
+    clock[0] += 3600  # an hour later: "the last 30 days" has moved
+    later = Query(plate="AB12CDE", since_ms=NOW_MS + 3_600_000 - 30 * DAY_MS, until_ms=NOW_MS + 3_600_000)
+    with pytest.raises(AccessDenied, match="covers 30 day"):
+        search(gov, "alice", "CASE-1", Query(plate="AB12CDE", since_ms=NOW_MS - 60 * DAY_MS, until_ms=NOW_MS), approval=req)
+    with pytest.raises(AccessDenied, match="another user, case or question"):
+        search(gov, "alice", "CASE-1", Query(plate="XY99ZZZ", since_ms=later.since_ms, until_ms=later.until_ms), approval=req)
+    assert len(search(gov, "alice", "CASE-1", later, approval=req)) == 3
+    with pytest.raises(AccessDenied, match="already used"):
+        search(gov, "alice", "CASE-1", later, approval=req)
+    with pytest.raises(NeedsApproval) as e:
+        search(gov, "alice", "CASE-1", later)
+    gov.approve("tom", e.value.request_id)
+    clock[0] += 25 * 3600
+    with pytest.raises(AccessDenied, match="expired"):
+        search(gov, "alice", "CASE-1", later, approval=e.value.request_id)
+
+
+def test_the_cli_approval_with_days_works_on_the_re_run(tmp_path):
+    """The CLI's --days 30 asked twice, a minute apart, is the same question for the approval."""
+    from .conftest import run_edge
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.split()[-1]
+    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.split()[-1]
+    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.split()[-1]
+    assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
+    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--db", db)
+    assert r.returncode == 3 and "APR-" in r.stderr
+    req = r.stderr.split("request ")[1].split()[0]
+    assert run_edge("approve", req, "--token", sam, "--db", db).returncode == 0
+    again = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--approval", req, "--db", db)
+    assert again.returncode == 0, again.stderr
