@@ -11,7 +11,9 @@ without a user and a case; every query is audited.
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -36,9 +38,12 @@ def floats(v: str, n: int, name: str) -> tuple[float, ...]:
     if len(parts) != n:
         raise ValueError(f"{name} needs {n} comma-separated numbers, got {v!r}")
     try:
-        return tuple(float(x) for x in parts)
+        out = tuple(float(x) for x in parts)
     except ValueError:
         raise ValueError(f"{name} needs {n} comma-separated numbers, got {v!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise ValueError(f"{name} needs {n} finite numbers, got {v!r}")
+    return out
 
 
 def query_from_params(p: dict[str, str], now_ms: int) -> Query:
@@ -67,13 +72,36 @@ def query_from_params(p: dict[str, str], now_ms: int) -> Query:
 
 def number(v: str, name: str) -> float:
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise ValueError(f"{name}: expected a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    return x
+
+
+FAIL_LIMIT = 10  # failed logins from one address within FAIL_WINDOW_S ...
+FAIL_WINDOW_S = 60  # ... and it waits this long
+
+
+class Failures:
+    """Failed logins per source address: past FAIL_LIMIT in FAIL_WINDOW_S, the address is refused."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock, self.seen = clock, {}
+
+    def add(self, source: str) -> None:
+        now = self.clock()
+        self.seen[source] = [t for t in self.seen.get(source, []) if now - t < FAIL_WINDOW_S] + [now]
+
+    def blocked(self, source: str) -> bool:
+        now = self.clock()
+        return len([t for t in self.seen.get(source, []) if now - t < FAIL_WINDOW_S]) >= FAIL_LIMIT
 
 
 def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:
     lock = threading.Lock()
+    failures = Failures()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-collector"
@@ -93,9 +121,16 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
         def do_GET(self):  # noqa: N802
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else ""
+            source = self.client_address[0]
+            if failures.blocked(source):
+                return self.reply(429, {"error": f"too many failed logins from {source}: wait {FAIL_WINDOW_S} s"})
             with lock:
                 user = gov.user_for_token(token) if token else None
+                if token and not user:  # a wrong token is on the record, without the token itself
+                    gov.audit("(unknown)", "login.failed", {"source": source, "path": urlparse(self.path).path})
             if not user:
+                if token:
+                    failures.add(source)
                 return self.reply(401, {"error": "authentication required: Authorization: Bearer <token>"})
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -115,8 +150,10 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
                 return self.reply(403, {"error": str(e), "approval_request": e.request_id})
             except AccessDenied as e:
                 return self.reply(403, {"error": str(e)})
-            except ValueError as e:
+            except (ValueError, OverflowError) as e:
                 return self.reply(400, {"error": str(e)})
+            except Exception as e:  # never a dropped connection: the client gets an answer
+                return self.reply(500, {"error": f"{type(e).__name__}: {e}"})
             return self.reply(200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts,
                                     "note": rows.note})
 

@@ -32,8 +32,15 @@ def _gov(args):
 def _actor(gov, args) -> str:
     """Who is asking: the user whose API token is given (--token or EDGE_TOKEN), never a bare name."""
     token = getattr(args, "token", None) or os.environ.get("EDGE_TOKEN")
+    tf = getattr(args, "token_file", None)
+    if tf and not token:
+        try:
+            token = Path(tf).read_text().strip()
+        except OSError as e:
+            raise CollectorUserError(f"--token-file: cannot read {tf}: {e.strerror}") from None
     if not token:
-        raise CollectorUserError("this needs your API token: --token TOKEN or EDGE_TOKEN (printed once by `edge users add`)")
+        raise CollectorUserError("this needs your API token: --token-file FILE, EDGE_TOKEN or --token TOKEN "
+                                 "(printed once by `edge users add`)")
     user = gov.user_for_token(token)
     if not user:
         raise CollectorUserError("unknown API token")
@@ -344,6 +351,7 @@ def register(sub) -> None:
     q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")
     db(q)
     q.add_argument("--token", help="your API token (or EDGE_TOKEN)")
+    q.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     q.add_argument("--case", help="the open case that justifies this query")
     q.add_argument("--plate")
     q.add_argument("--match", default="exact", choices=["exact", "wildcard", "fuzzy"])
@@ -364,6 +372,7 @@ def register(sub) -> None:
     db(a)
     a.add_argument("request")
     a.add_argument("--token", help="the approving supervisor's API token (or EDGE_TOKEN)")
+    a.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     a.set_defaults(func=cmd_approve)
 
     ap = sub.add_parser("approvals", help="collector: movement-history requests waiting for a supervisor")
@@ -371,6 +380,7 @@ def register(sub) -> None:
     apl = apsub.add_parser("list")
     db(apl)
     apl.add_argument("--token", help="a supervisor's API token (or EDGE_TOKEN)")
+    apl.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     apl.add_argument("--ids", action="store_true", help="print only the request ids, one per line")
     apl.set_defaults(func=cmd_approvals)
 
@@ -387,17 +397,20 @@ def register(sub) -> None:
     ua.add_argument("name")
     ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
     ua.add_argument("--token", help="the admin's API token (or EDGE_TOKEN)")
+    ua.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     ua.add_argument("--bootstrap", action="store_true", help="create the first admin of an empty database")
     ua.add_argument("--rotate", action="store_true", help="the user exists: give them a new token (the old one stops working)")
     ua.set_defaults(func=cmd_users_add)
     ul = usub.add_parser("list", help="every user, role and whether their token works (admins)")
     db(ul)
     ul.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    ul.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     ul.set_defaults(func=cmd_users_list)
     ur = usub.add_parser("revoke", help="stop a user's token working (admins; never the last admin)")
     db(ur)
     ur.add_argument("name")
     ur.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    ur.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     ur.set_defaults(func=cmd_users_revoke)
 
     rj = sub.add_parser("rejects", help="collector: messages ingest refused, newest first (admins; payloads not shown)")
@@ -407,6 +420,7 @@ def register(sub) -> None:
     rl.add_argument("--reason", help="only rejects whose reason contains this")
     rl.add_argument("--limit", type=int, default=50)
     rl.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    rl.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     rl.set_defaults(func=cmd_rejects)
 
     cs = sub.add_parser("cases", help="collector: list, open or close cases, hold reads for a case")
@@ -415,6 +429,7 @@ def register(sub) -> None:
     cs.add_argument("case", nargs="?")
     cs.add_argument("reads", nargs="*", help="read ids to hold (hold)")
     cs.add_argument("--token", help="your API token (or EDGE_TOKEN)")
+    cs.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     cs.add_argument("--title")
     cs.set_defaults(func=cmd_cases)
 
@@ -423,6 +438,7 @@ def register(sub) -> None:
     r.add_argument("--retention-days", type=float, default=30.0)
     r.add_argument("--cache-hours", type=float, default=4.0)
     r.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
+    r.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
     r.set_defaults(func=cmd_retention)
 
     b = sub.add_parser("bench-collector", help="collector: ingest reads/s with 20 KB images")
