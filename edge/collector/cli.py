@@ -23,10 +23,24 @@ def _gov(args):
         store = Store(args.db)
     except StoreError as e:
         raise CollectorUserError(str(e)) from None
-    head = getattr(args, "audit_head", None)
+    head = getattr(args, "audit_head", None) or os.environ.get("EDGE_COLLECTOR_AUDIT_HEAD") or default_head(args.db)
+    key, witness = os.environ.get("EDGE_COLLECTOR_SIGNING_KEY"), os.environ.get("EDGE_COLLECTOR_WITNESS")
     pol = Policy(retention_days=getattr(args, "retention_days", 30.0), cache_ttl_hours=getattr(args, "cache_hours", 4.0),
-                 audit_head_file=Path(head) if head else None)
+                 audit_head_file=Path(head) if head else None, signing_key_file=Path(key) if key else None,
+                 witness_file=Path(witness) if witness else None)
     return Governance(store, pol)
+
+
+def default_head(db_url: str) -> str | None:
+    """Every command keeps the audit log's head outside the database without being told: beside a
+    SQLite file (`reads.db.audit-head`); for PostgreSQL, EDGE_COLLECTOR_AUDIT_HEAD names it."""
+    from edge.collector.store import StoreError, parse_db_url
+
+    try:
+        kind, path = parse_db_url(db_url)
+    except StoreError:
+        return None
+    return f"{path}.audit-head" if kind == "sqlite" else None
 
 
 def _actor(gov, args) -> str:
@@ -64,6 +78,7 @@ def cmd_collect(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gov = _gov(args)
+    gov.checkpoint_now()  # a signed checkpoint of where the log stands when the collector starts
     host, port = _hostport(args.mqtt, "--mqtt")
     tls = None
     if args.cafile or args.certfile:
@@ -197,12 +212,37 @@ def cmd_approvals(args) -> int:
 def cmd_audit_verify(args) -> int:
     gov = _gov(args)
     problems = gov.verify_audit()
+    witness = args.witness or os.environ.get("EDGE_COLLECTOR_WITNESS")
+    if witness:
+        if not args.public_key:
+            raise CollectorUserError("--witness needs --public-key FILE (edge audit keygen wrote it)")
+        problems += gov.verify_witness(Path(witness), Path(args.public_key))
     n = gov.s.one("SELECT COUNT(*) FROM audit")[0]
     if problems:
         for p in problems:
             print(f"audit: {p}", file=sys.stderr)
         return 1
-    print(f"audit log intact: {n} entries")
+    print(f"audit log intact: {n} entries" + (f", every checkpoint in {witness} matches" if witness else ""))
+    return 0
+
+
+def cmd_audit_keygen(args) -> int:
+    """An Ed25519 signing key for the audit checkpoints (keep it apart from the database) and its
+    public key (give it to whoever verifies)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    out = Path(args.out)
+    key, pub = out / "audit-signing.key", out / "audit-signing.pub"
+    if key.exists() or pub.exists():
+        raise CollectorUserError(f"{key} or {pub} already exists (refusing to overwrite it)")
+    out.mkdir(parents=True, exist_ok=True)
+    k = Ed25519PrivateKey.generate()
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    print(f"signing key {key} (0600; EDGE_COLLECTOR_SIGNING_KEY), public key {pub}")
     return 0
 
 
@@ -334,7 +374,8 @@ def cmd_bench_collector(args) -> int:
 def register(sub) -> None:
     def db(p):
         p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://... (env EDGE_COLLECTOR_DB)")
-        p.add_argument("--audit-head", help="file that records the audit log's last entry (detects truncation)")
+        p.add_argument("--audit-head", help="file that records the audit log's last entry (default: EDGE_COLLECTOR_AUDIT_HEAD, "
+                                            "else beside a SQLite database)")
 
     c = sub.add_parser("collect", help="collector: ingest reads from MQTT into the store")
     db(c)
@@ -386,9 +427,14 @@ def register(sub) -> None:
 
     au = sub.add_parser("audit", help="collector: audit log tools")
     ausub = au.add_subparsers(dest="audit_cmd", required=True)
-    v = ausub.add_parser("verify", help="check the hash chain; exit 1 on any edited or removed entry")
+    v = ausub.add_parser("verify", help="check the hash chain and its head; exit 1 on any edited or removed entry")
     db(v)
+    v.add_argument("--witness", help="the signed checkpoints (EDGE_COLLECTOR_WITNESS): catches a rewrite of the whole database")
+    v.add_argument("--public-key", help="the checkpoints' public key (edge audit keygen)")
     v.set_defaults(func=cmd_audit_verify)
+    kg = ausub.add_parser("keygen", help="make the Ed25519 key that signs audit checkpoints, and its public key")
+    kg.add_argument("--out", required=True, help="folder for audit-signing.key (keep it off the database) and audit-signing.pub")
+    kg.set_defaults(func=cmd_audit_keygen)
 
     u = sub.add_parser("users", help="collector: user administration")
     usub = u.add_subparsers(dest="users_cmd", required=True)

@@ -52,7 +52,10 @@ class Policy:
     history_reads: int = 10  # or more reads of one plate than this, shown to one user
     approval_valid_hours: float = 24.0  # an approval is used once within this time of being granted
     approval_slack_ms: int = 60_000  # a re-run's window may be this much longer than the approved one (its clock moved)
-    audit_head_file: Path | None = None
+    audit_head_file: Path | None = None  # the log's last entry, kept outside the database (edge.collector.cli: default_head)
+    signing_key_file: Path | None = None  # Ed25519 key, held apart from the database: signs checkpoints of the chain
+    witness_file: Path | None = None  # where signed checkpoints go, off the database host (an append-only file)
+    checkpoint_every: int = 20  # entries between signed checkpoints
 
     def __post_init__(self):
         self.cache_ttl_hours = min(24.0, max(4.0, self.cache_ttl_hours))
@@ -93,7 +96,33 @@ class Governance:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, head)
+            if self.p.signing_key_file and self.p.witness_file and seq % max(1, self.p.checkpoint_every) == 0:
+                self._checkpoint(seq, h, ts)
         return h
+
+    def _checkpoint(self, seq: int, h: str, ts: int) -> None:
+        """Sign the chain's head and append it to the witness: a rewrite of the whole database on this
+        host, chain and head recomputed, no longer matches what the witness holds."""
+        import base64
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        assert self.p.signing_key_file is not None and self.p.witness_file is not None
+        key = serialization.load_pem_private_key(Path(self.p.signing_key_file).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{self.p.signing_key_file}: not an Ed25519 key (edge audit keygen makes one)")
+        sig = base64.b64encode(key.sign(f"{seq} {h} {ts}".encode())).decode()
+        with open(self.p.witness_file, "a") as f:
+            f.write(f"{seq} {h} {ts} {sig}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def checkpoint_now(self) -> None:
+        """A signed checkpoint of the current head (the collector makes one on start and every N entries)."""
+        last = self.s.one("SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1")
+        if last and self.p.signing_key_file and self.p.witness_file:
+            self._checkpoint(int(last[0]), last[1], int(last[2]))
 
     def verify_audit(self) -> list[str]:
         """Problems found in the chain (empty when intact)."""
@@ -110,14 +139,49 @@ class Governance:
             if calc != h:
                 problems.append(f"entry {seq}: content was changed")
             prev, expect = h, seq + 1
-        if self.p.audit_head_file and Path(self.p.audit_head_file).exists():
+        if self.p.audit_head_file and not Path(self.p.audit_head_file).exists() and expect > 1:
+            problems.append(f"the head file {self.p.audit_head_file} is missing: the log's end cannot be checked")
+        elif self.p.audit_head_file and Path(self.p.audit_head_file).exists():
             try:
                 head_seq, head_hash = Path(self.p.audit_head_file).read_text().split()
                 int(head_seq)
             except ValueError:
                 return problems + [f"the head file {self.p.audit_head_file} is unreadable"]
             if int(head_seq) != expect - 1 or head_hash != prev:
-                problems.append(f"the log ends at entry {expect - 1} but the recorded head is entry {head_seq}: entries were removed")
+                problems.append(f"the log ends at entry {expect - 1} but the recorded head is entry {head_seq}: entries were "
+                                + ("removed" if int(head_seq) > expect - 1 else "added or changed outside the collector"))
+        return problems
+
+    def verify_witness(self, witness: Path, public_key: Path) -> list[str]:
+        """The chain against the signed checkpoints a witness holds: each must be an entry of this chain."""
+        import base64
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            pub = serialization.load_pem_public_key(Path(public_key).read_bytes())
+            lines = Path(witness).read_text().splitlines()
+        except (OSError, ValueError) as e:
+            return [f"cannot read the witness or its key: {e}"]
+        if not isinstance(pub, Ed25519PublicKey):
+            return [f"{public_key}: not an Ed25519 public key"]
+        chain = {int(seq): h for seq, h in self.s.query("SELECT seq, hash FROM audit")}
+        problems = []
+        if not lines:
+            problems.append(f"the witness {witness} holds no checkpoint")
+        for n, line in enumerate(lines, 1):
+            try:
+                seq_s, h, ts, sig = line.split()
+                pub.verify(base64.b64decode(sig), f"{seq_s} {h} {ts}".encode())
+            except (ValueError, InvalidSignature):
+                problems.append(f"witness line {n}: not a checkpoint signed by this key")
+                continue
+            if int(seq_s) not in chain:
+                problems.append(f"checkpoint of entry {seq_s}: the log no longer has that entry: entries were removed")
+            elif chain[int(seq_s)] != h:
+                problems.append(f"checkpoint of entry {seq_s}: the log's entry differs from what was signed: the log was rewritten")
         return problems
 
     # ------------------------------------------------------------ users
