@@ -226,6 +226,25 @@ def cmd_audit_verify(args) -> int:
     return 0
 
 
+def cmd_audit_plate(args) -> int:
+    """Was this plate searched, by whom, when: the audit log names plates only by keyed reference."""
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        actor = _actor(gov, args)
+        gov.require(actor, "admin", "supervisor")
+    except AccessDenied as e:
+        raise CollectorUserError(str(e)) from None
+    ref = gov.plate_ref(args.plate.upper().replace(" ", "").replace("-", ""))
+    rows = gov.s.query("SELECT seq, ts, actor, action FROM audit WHERE detail LIKE ? ORDER BY seq", (f"%{ref}%",))
+    gov.audit(actor, "audit.plate", {"plate": args.plate.upper(), "entries": len(rows)})
+    for seq, ts, who, action in rows:
+        print(f"{seq:>6}  {_ms(int(ts))}  {who:<14} {action}")
+    print(f"{len(rows)} audit entr{'y' if len(rows) == 1 else 'ies'} name {args.plate.upper()} (as {ref})", file=sys.stderr)
+    return 0
+
+
 def cmd_audit_keygen(args) -> int:
     """An Ed25519 signing key for the audit checkpoints (keep it apart from the database) and its
     public key (give it to whoever verifies)."""
@@ -432,6 +451,12 @@ def register(sub) -> None:
     v.add_argument("--witness", help="the signed checkpoints (EDGE_COLLECTOR_WITNESS): catches a rewrite of the whole database")
     v.add_argument("--public-key", help="the checkpoints' public key (edge audit keygen)")
     v.set_defaults(func=cmd_audit_verify)
+    apl2 = ausub.add_parser("plate", help="the audit entries that name a plate (admins, supervisors; the log keeps only references)")
+    db(apl2)
+    apl2.add_argument("plate")
+    apl2.add_argument("--token", help="your API token (or EDGE_TOKEN)")
+    apl2.add_argument("--token-file", help="read the API token from this file")
+    apl2.set_defaults(func=cmd_audit_plate)
     kg = ausub.add_parser("keygen", help="make the Ed25519 key that signs audit checkpoints, and its public key")
     kg.add_argument("--out", required=True, help="folder for audit-signing.key (keep it off the database) and audit-signing.pub")
     kg.set_defaults(func=cmd_audit_keygen)

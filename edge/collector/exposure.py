@@ -12,6 +12,7 @@ many they left out. What an approved search showed does not count against the bu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from edge.collector.store import Store
 
@@ -41,14 +42,16 @@ def union_ms(windows: list[tuple[int, int]]) -> int:
 
 
 class Exposure:
-    def __init__(self, store: Store, history_ms: int, history_reads: int):
-        self.s, self.history_ms, self.history_reads = store, history_ms, history_reads
+    def __init__(self, store: Store, history_ms: int, history_reads: int, ref: Callable[[str], str] = lambda k: k):
+        # `ref`: how a plate is named here (a keyed hash: the table lists no plates)
+        self.s, self.history_ms, self.history_reads, self.ref = store, history_ms, history_reads, ref
         with self.s.tx():
             for stmt in SCHEMA:
                 self.s.execute(stmt)
 
     def seen(self, user: str, key: str) -> tuple[list[tuple[int, int]], set[str]]:
-        rows = self.s.query("SELECT since_ms, until_ms, read_ids FROM exposure WHERE user_name = ? AND plate_key = ?", (user, key))
+        rows = self.s.query("SELECT since_ms, until_ms, read_ids FROM exposure WHERE user_name = ? AND plate_key = ?",
+                            (user, self.ref(key)))
         return [(int(a), int(b)) for a, b, _ in rows], {i for _, _, ids in rows for i in json.loads(ids)}
 
     def over(self, user: str, key: str, since: int, until: int, read_ids: set[str]) -> bool:
@@ -61,7 +64,7 @@ class Exposure:
 
     def record(self, user: str, key: str, since: int, until: int, read_ids: set[str], now_ms: int) -> None:
         self.s.execute("INSERT INTO exposure (user_name, plate_key, since_ms, until_ms, read_ids, created) VALUES (?, ?, ?, ?, ?, ?)",
-                       (user, key, since, until, json.dumps(sorted(read_ids)), now_ms))
+                       (user, self.ref(key), since, until, json.dumps(sorted(read_ids)), now_ms))
 
     def forget_reads(self, read_ids: list[str]) -> None:
         """Retention: a deleted read leaves no trace here either (its id in a user's budget)."""
@@ -71,6 +74,9 @@ class Exposure:
         for rowid_user, key, since, until, ids in self.s.query(
                 "SELECT user_name, plate_key, since_ms, until_ms, read_ids FROM exposure"):
             left = [i for i in json.loads(ids) if i not in gone]
-            if len(left) != len(json.loads(ids)):
+            if not left:
+                self.s.execute("DELETE FROM exposure WHERE user_name = ? AND plate_key = ? AND since_ms = ? AND until_ms = ?",
+                               (rowid_user, key, since, until))
+            elif len(left) != len(json.loads(ids)):
                 self.s.execute("UPDATE exposure SET read_ids = ? WHERE user_name = ? AND plate_key = ? AND since_ms = ? "
                                "AND until_ms = ?", (json.dumps(left), rowid_user, key, since, until))

@@ -72,14 +72,50 @@ class Governance:
         self.s = store
         self.p = policy or Policy()
         self.clock = clock
-        self.exposure = Exposure(store, int(self.p.history_hours * 3_600_000), self.p.history_reads)
+        self.exposure = Exposure(store, int(self.p.history_hours * 3_600_000), self.p.history_reads, ref=self.plate_ref)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     # ------------------------------------------------------------ audit
 
+    # ------------------------------------------------------------ plates in the record
+
+    def _plate_key(self) -> bytes:
+        """The key plate references are made with: EDGE_COLLECTOR_AUDIT_KEY (a file held apart from the
+        database), else one kept in the database (then someone with the database can test guesses)."""
+        if getattr(self, "_pk", None) is None:
+            path = os.environ.get("EDGE_COLLECTOR_AUDIT_KEY")
+            if path:
+                self._pk = Path(path).read_bytes().strip()
+            else:
+                with self.s.tx(exclusive=True):
+                    self.s.execute("CREATE TABLE IF NOT EXISTS collector_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    r = self.s.one("SELECT value FROM collector_keys WHERE name = 'plate-ref'")
+                    if r is None:
+                        self.s.execute("INSERT INTO collector_keys (name, value) VALUES ('plate-ref', ?)", (secrets.token_hex(32),))
+                        r = self.s.one("SELECT value FROM collector_keys WHERE name = 'plate-ref'")
+                self._pk = str(r[0]).encode()
+        return self._pk
+
+    def plate_ref(self, plate: str) -> str:
+        """What the audit log says instead of a plate: a keyed hash. An auditor can still ask whether a
+        given plate was searched (`edge audit plate TEXT`); the log itself lists none."""
+        import hmac
+
+        return "plate:" + hmac.new(self._plate_key(), plate.upper().encode(), hashlib.sha256).hexdigest()[:24]
+
+    def redact(self, value):
+        """A detail with every `plate` value replaced by its reference."""
+        if isinstance(value, dict):
+            return {k: (self.plate_ref(v) if k == "plate" and isinstance(v, str) and not v.startswith("plate:") else self.redact(v))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact(v) for v in value]
+        return value
+
     def audit(self, actor: str, action: str, detail: dict) -> str:
+        detail = self.redact(detail)
         with self.s.tx(exclusive=True):
             last = self.s.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             seq, prev = (int(last[0]) + 1, last[1]) if last else (1, GENESIS)
@@ -383,7 +419,19 @@ class Governance:
             # searches keep no results (a leftover cache table is emptied); a deleted read leaves the budgets too
             gone_cache = self.s.execute("DELETE FROM query_cache WHERE created < ? OR ?", (now - ttl, bool(ids))).rowcount
             self.exposure.forget_reads(ids)
+            # what else held plates: rejected messages (payloads), and the questions of old approvals
+            gone_rejects = self.s.execute("DELETE FROM rejects WHERE received < ?", (cutoff,)).rowcount
+            old_q = self.s.query("SELECT id, query FROM approvals WHERE created < ?", (cutoff,))
+            redacted = 0
+            for rid, q in old_q:
+                new = dumps(self.redact(json.loads(q)))
+                if new != q:
+                    self.s.execute("UPDATE approvals SET query = ? WHERE id = ?", (new, rid))
+                    redacted += 1
         detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "expired_cache": gone_cache,
+                  "deleted_rejects": gone_rejects, "approvals_redacted": redacted,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
         self.audit(actor, "retention.delete", detail)
+        if self.s.engine == "sqlite":  # nor left in the write-ahead log
+            self.s.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return detail

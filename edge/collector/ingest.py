@@ -126,6 +126,9 @@ def validate(payload: bytes, topic: str | None = None) -> Read:
     return rec
 
 
+MAX_AHEAD_MS = 10 * 60_000  # how far ahead of the collector's clock a device's time may be
+
+
 def to_row(rec: Read, store: Store, now_ms: int) -> dict:
     imgs = {}
     for name in ("plate_jpeg", "vehicle_jpeg"):
@@ -142,7 +145,9 @@ def to_row(rec: Read, store: Store, now_ms: int) -> dict:
         "plate": rec.plate.text,
         "plate_fuzzy": fuzzy_key(rec.plate.text),
         "confidence": rec.plate.confidence,
-        "ts": int(rec.time.timestamp() * 1000),
+        # a device clock ahead of ours is not believed: the read is held at (at most) its receive time, so
+        # retention deletes it on time (a read dated 2099 would never go); the record keeps the device's time
+        "ts": min(int(rec.time.timestamp() * 1000), now_ms + MAX_AHEAD_MS),
         "lat": rec.gps.lat,
         "lon": rec.gps.lon,
         "direction": rec.track.direction,

@@ -124,6 +124,7 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
+                self.conn.execute("PRAGMA secure_delete=ON")  # a deleted read's bytes are overwritten, not left in free pages
             except (sqlite3.Error, OSError) as e:
                 raise StoreError(f"cannot open SQLite database {path}: {e}") from None
             self.engine = "sqlite"
