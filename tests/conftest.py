@@ -170,3 +170,20 @@ def store(request, tmp_path):
                 s.execute(f"DELETE FROM {t}")
     yield s
     s.close()
+
+
+def collector_users(db: str, env: dict | None = None, **roles: str) -> dict[str, str]:
+    """API tokens by name: the first two admins (root, rita) by --bootstrap, then each NAME=ROLE asked
+    for by root and confirmed by rita, as the README does it."""
+    tok: dict[str, str] = {}
+    for admin in ("root", "rita"):
+        r = run_edge("users", "add", admin, "--role", "admin", "--bootstrap", "--db", db, env=env)
+        assert r.returncode == 0, r.stderr
+        tok[admin] = r.stdout.split()[-1]
+    for name, role in roles.items():
+        req = run_edge("users", "add", name, "--role", role, "--token", tok["root"], "--db", db, env=env)
+        assert req.returncode == 0, req.stderr
+        ok = run_edge("users", "confirm", req.stdout.split()[-1], "--token", tok["rita"], "--db", db, env=env)
+        assert ok.returncode == 0, ok.stderr
+        tok[name] = ok.stdout.split()[-1]
+    return tok

@@ -4,13 +4,11 @@ witness off the host that a rewrite of the whole database (chain and head recomp
 import hashlib
 import sqlite3
 
-from .conftest import run_edge
+from .conftest import collector_users, run_edge
 
 
 def users(db: str, env: dict | None = None) -> str:
-    r = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db, env=env)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.split()[-1]
+    return collector_users(db, env)["root"]
 
 
 def test_every_command_keeps_the_head_and_verify_catches_a_removed_last_entry(tmp_path):
@@ -20,7 +18,7 @@ def test_every_command_keeps_the_head_and_verify_catches_a_removed_last_entry(tm
     for i in range(3):
         assert run_edge("users", "add", f"u{i}", "--role", "viewer", "--token", root, "--db", db).returncode == 0
     head = tmp_path / "c.db.audit-head"
-    assert head.exists() and head.read_text().split()[0] == "4"  # no flag: the head is beside the database
+    assert head.exists() and head.read_text().split()[0] == "5"  # no flag: the head is beside the database
     assert run_edge("audit", "verify", "--db", db).returncode == 0
     with sqlite3.connect(path) as c:
         c.execute("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")

@@ -4,7 +4,7 @@ no traceback and no library noise."""
 
 import pytest
 
-from .conftest import DATA, ROOT, run_edge
+from .conftest import DATA, ROOT, collector_users, run_edge
 
 CLIP = ROOT / "fixtures" / "videos" / "01_gate_day.mp4"
 SCENE = DATA / "scenes" / "synthetic" / "scene000.jpg"
@@ -23,9 +23,8 @@ def one_clean_line(r, code: int, *needles: str) -> None:
 def collector(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("collector")
     db = f"sqlite:///{tmp / 'c.db'}"
-    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.strip().split()[-1]
-    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.strip().split()[-1]
-    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.strip().split()[-1]
+    t = collector_users(db, sam="supervisor", ann="investigator")
+    sam, ann = t["sam"], t["ann"]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     return db, ann
 

@@ -21,7 +21,7 @@ from edge.outbox import Outbox
 from edge.runtime.publisher import Publisher
 
 from .broker import Broker
-from .conftest import run_edge
+from .conftest import collector_users, run_edge
 
 IMG = base64.b64encode(jpeg_of_size(20_000)).decode()
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -356,10 +356,9 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout.strip().split()[-1]
 
-    root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
-    assert run_edge("users", "add", "eve", "--role", "admin", "--bootstrap", "--db", db).returncode == 2
-    sam = token(run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db))
-    ann = token(run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db))
+    t = collector_users(db, sam="supervisor", ann="investigator")
+    root, sam, ann = t["root"], t["sam"], t["ann"]
+    assert run_edge("users", "add", "eve", "--role", "admin", "--bootstrap", "--db", db).returncode == 2  # two are made so
     r = run_edge("users", "add", "mallory", "--role", "admin", "--token", ann, "--db", db)
     assert r.returncode == 2 and "may not" in r.stderr  # only an admin adds users
     r = run_edge("users", "add", "x", "--role", "admin", "--db", db)
@@ -442,14 +441,15 @@ def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout.strip().split()[-1]
 
-    root = token(run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db))
-    ann = token(run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db))
-    sam = token(run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db))
+    t = collector_users(db, ann="investigator", sam="supervisor")
+    root, rita, ann, sam = t["root"], t["rita"], t["ann"], t["sam"]
     again = run_edge("users", "add", "ann", "--role", "admin", "--token", root, "--db", db)
     assert again.returncode == 2 and "exists (investigator)" in again.stderr and "--rotate" in again.stderr
     listed = run_edge("users", "list", "--token", root, "--db", db)
     assert listed.returncode == 0 and "ann" in listed.stdout and "investigator" in listed.stdout  # still as she was
-    new = run_edge("users", "add", "ann", "--role", "investigator", "--rotate", "--token", root, "--db", db)
+    req = token(run_edge("users", "add", "ann", "--role", "investigator", "--rotate", "--token", root, "--db", db))
+    assert run_edge("cases", "list", "--token", ann, "--db", db).returncode == 0  # asked for, not yet done
+    new = run_edge("users", "confirm", req, "--token", rita, "--db", db)
     assert new.returncode == 0 and "rotated" in new.stderr
     ann2 = token(new)
     assert run_edge("cases", "list", "--token", ann, "--db", db).returncode == 2  # the old token is dead
@@ -460,6 +460,7 @@ def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
     r = run_edge("users", "revoke", "ann", "--token", root, "--db", db)
     assert r.returncode == 0 and run_edge("cases", "list", "--token", ann2, "--db", db).returncode == 2
     assert "revoked" in run_edge("users", "list", "--token", root, "--db", db).stdout
+    assert run_edge("users", "revoke", "rita", "--token", root, "--db", db).returncode == 0
     last = run_edge("users", "revoke", "root", "--token", root, "--db", db)
     assert last.returncode == 2 and "last admin" in last.stderr
     Ingestor(Store(db)).ingest([("lpr/v1/dev-1/reads", b'{"not": "a read"}'), ("lpr/v1/dev-1/reads", b"\xff\xfe")])
@@ -469,5 +470,6 @@ def test_operators_list_users_and_cases_revoke_tokens_and_see_rejects(tmp_path):
     assert some.returncode == 0 and len(some.stdout.strip().splitlines()) == 1, some.stdout
     assert run_edge("rejects", "list", "--token", sam, "--db", db).returncode == 2  # payloads hold reads: admins only
     trail = Store(db).query("SELECT action FROM audit ORDER BY seq")
-    for action in ("user.add", "user.rotate", "user.list", "user.revoke", "case.list", "rejects.list"):
+    for action in ("user.add", "user.request", "user.confirm", "user.rotate", "user.list", "user.revoke", "case.list",
+                   "rejects.list"):
         assert (action,) in trail, action

@@ -116,12 +116,11 @@ def test_an_approval_binds_the_question_and_a_window_length_not_a_moment(seen):
 
 def test_the_cli_approval_with_days_works_on_the_re_run(tmp_path):
     """The CLI's --days 30 asked twice, a minute apart, is the same question for the approval."""
-    from .conftest import run_edge
+    from .conftest import collector_users, run_edge
 
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.split()[-1]
-    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.split()[-1]
-    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.split()[-1]
+    t = collector_users(db, sam="supervisor", ann="investigator")
+    sam, ann = t["sam"], t["ann"]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--db", db)
     assert r.returncode == 3 and "APR-" in r.stderr

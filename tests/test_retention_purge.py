@@ -44,12 +44,11 @@ def test_after_retention_the_database_holds_nothing_of_a_deleted_read(tmp_path):
 
 
 def test_an_auditor_asks_whether_a_plate_was_searched(tmp_path):
-    from .conftest import run_edge
+    from .conftest import collector_users, run_edge
 
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    root = run_edge("users", "add", "root", "--role", "admin", "--bootstrap", "--db", db).stdout.split()[-1]
-    sam = run_edge("users", "add", "sam", "--role", "supervisor", "--token", root, "--db", db).stdout.split()[-1]
-    ann = run_edge("users", "add", "ann", "--role", "investigator", "--token", root, "--db", db).stdout.split()[-1]
+    t = collector_users(db, sam="supervisor", ann="investigator")
+    root, sam, ann = t["root"], t["sam"], t["ann"]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     assert run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "1", "--db", db).returncode == 0
     assert run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--db", db).returncode == 3

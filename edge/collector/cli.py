@@ -266,28 +266,48 @@ def cmd_audit_keygen(args) -> int:
 
 
 def cmd_users_add(args) -> int:
+    """--bootstrap: one of the first two admins, token on stdout. Otherwise a request a second admin
+    confirms (`edge users confirm`): its id on stdout."""
     from edge.collector.governance import AccessDenied
 
     gov = _gov(args)
-    empty = gov.s.one("SELECT COUNT(*) FROM users")[0] == 0
-    existed = gov.s.one("SELECT 1 FROM users WHERE name = ?", (args.name,)) is not None
     try:
         if args.bootstrap:
-            if not empty:
-                raise AccessDenied("--bootstrap only creates the first admin of an empty database")
+            if gov.admins() >= 2:
+                raise AccessDenied("--bootstrap only makes the first two admins; now one admin asks "
+                                   "(edge users add) and another confirms (edge users confirm)")
             if args.role != "admin":
-                raise AccessDenied("the bootstrap user must be an admin")
-            actor = args.name
-        else:
-            actor = _actor(gov, args)
-            gov.require(actor, "admin")
-        token = gov.add_user(actor, args.name, args.role, rotate=args.rotate)
+                raise AccessDenied("a bootstrap user is an admin")
+            if gov.s.one("SELECT 1 FROM users WHERE name = ?", (args.name,)):
+                raise ValueError(f"user {args.name!r} exists")
+            token = gov.add_user(args.name, args.name, "admin")
+            print(f"admin {args.name} ({gov.admins()} of the first two); their API token follows (shown once, stored hashed)",
+                  file=sys.stderr)
+            print(token)
+            return 0
+        actor = _actor(gov, args)
+        rid = gov.request_user(actor, args.name, args.role, rotate=args.rotate)
     except (AccessDenied, ValueError) as e:
         print(f"edge users: error: {e}", file=sys.stderr)
         return 2
-    note = " (rotated: the old token no longer works)" if existed else ""
-    # the token alone on stdout, so a script can keep it: TOKEN=$(edge users add ...)
-    print(f"user {args.name} ({args.role}){note}; their API token follows (shown once, stored hashed)", file=sys.stderr)
+    what = "a new token for" if args.rotate else "user"
+    print(f"request {rid}: {what} {args.name} ({args.role}); a second admin confirms it: edge users confirm {rid} "
+          "(and receives the token to hand over)", file=sys.stderr)
+    print(rid)
+    return 0
+
+
+def cmd_users_confirm(args) -> int:
+    from edge.collector.governance import AccessDenied
+
+    gov = _gov(args)
+    try:
+        name, role, token, rotated = gov.confirm_user(_actor(gov, args), args.request)
+    except (AccessDenied, ValueError) as e:
+        raise CollectorUserError(str(e)) from None
+    note = " (rotated: the old token no longer works)" if rotated else ""
+    # the token alone on stdout, so a script can keep it: TOKEN=$(edge users confirm ...)
+    print(f"user {name} ({role}){note}; their API token follows (shown once, stored hashed): hand it to them", file=sys.stderr)
     print(token)
     return 0
 
@@ -463,15 +483,21 @@ def register(sub) -> None:
 
     u = sub.add_parser("users", help="collector: user administration")
     usub = u.add_subparsers(dest="users_cmd", required=True)
-    ua = usub.add_parser("add", help="add or update a user and print a new API token")
+    ua = usub.add_parser("add", help="ask for a user (or, with --rotate, a new token) that a second admin confirms")
     db(ua)
     ua.add_argument("name")
     ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
     ua.add_argument("--token", help="the admin's API token (or EDGE_TOKEN)")
     ua.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
-    ua.add_argument("--bootstrap", action="store_true", help="create the first admin of an empty database")
+    ua.add_argument("--bootstrap", action="store_true", help="make one of the first two admins (no token needed)")
     ua.add_argument("--rotate", action="store_true", help="the user exists: give them a new token (the old one stops working)")
     ua.set_defaults(func=cmd_users_add)
+    uc = usub.add_parser("confirm", help="a second admin confirms a user request and receives the token to hand over")
+    db(uc)
+    uc.add_argument("request", help="USR-... (printed by edge users add)")
+    uc.add_argument("--token", help="the confirming admin's API token (or EDGE_TOKEN)")
+    uc.add_argument("--token-file", help="read the API token from this file")
+    uc.set_defaults(func=cmd_users_confirm)
     ul = usub.add_parser("list", help="every user, role and whether their token works (admins)")
     db(ul)
     ul.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")

@@ -241,6 +241,53 @@ class Governance:
         self.audit(actor, "user.rotate" if old else "user.add", {"name": name, "role": role, **({"was": old[0]} if old else {})})
         return token
 
+    # Separation of duties: after the first two admins (--bootstrap, for two people), no account is made,
+    # re-issued or given another role by one admin alone: one asks, a second admin confirms and receives
+    # the token to hand over. So no single person, whatever they hold, can make themselves the
+    # investigator and the supervisor a movement history needs.
+    REQUEST_VALID_MS = DAY_MS
+
+    def admins(self) -> int:
+        return int(self.s.one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND token_hash IS NOT NULL")[0])
+
+    def request_user(self, actor: str, name: str, role: str, rotate: bool = False) -> str:
+        self.require(actor, "admin")
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        old = self.s.one("SELECT role FROM users WHERE name = ?", (name,))
+        if old and not rotate:
+            raise ValueError(f"user {name!r} exists ({old[0]}): --rotate gives them a new token (the old one stops working) "
+                             "and the role given")
+        if rotate and not old:
+            raise ValueError(f"no user {name!r} to give a new token (leave out --rotate to add one)")
+        rid = "USR-" + secrets.token_hex(4)
+        self.s.execute("INSERT INTO user_requests (id, name, role, rotate, requested_by, created) VALUES (?, ?, ?, ?, ?, ?)",
+                       (rid, name, role, int(rotate), actor, self.now_ms()))
+        self.audit(actor, "user.request", {"id": rid, "name": name, "role": role, "rotate": rotate})
+        return rid
+
+    def confirm_user(self, actor: str, request_id: str) -> tuple[str, str, str, bool]:
+        """A second admin confirms a request: (name, role, the new token, whether it replaced an old one)."""
+        self.require(actor, "admin")
+        with self.s.tx(exclusive=True):
+            r = self.s.one("SELECT name, role, rotate, requested_by, created, confirmed_by FROM user_requests WHERE id = ?",
+                           (request_id,))
+            if not r:
+                raise ValueError(f"no user request {request_id}")
+            name, role, rotate, by, created, done = r
+            if by == actor:
+                raise AccessDenied("a second admin must confirm: the one who asked cannot confirm their own request")
+            if done:
+                raise ValueError(f"request {request_id} was already confirmed")
+            if self.now_ms() - int(created) > self.REQUEST_VALID_MS:
+                raise ValueError(f"request {request_id} has expired (a day after it was made)")
+            if name == actor:
+                raise AccessDenied("an admin does not confirm a change to their own account")
+            self.s.execute("UPDATE user_requests SET confirmed_by = ?, confirmed = ? WHERE id = ?", (actor, self.now_ms(), request_id))
+        token = self.add_user(f"{by}+{actor}", name, role, rotate=bool(rotate))
+        self.audit(actor, "user.confirm", {"id": request_id, "name": name, "role": role, "requested_by": by})
+        return name, role, token, bool(rotate)
+
     def users(self, actor: str) -> list[tuple[str, str, int, bool]]:
         """(name, role, created ms, has a working token) of every user; admins only."""
         self.require(actor, "admin")

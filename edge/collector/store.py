@@ -60,6 +60,10 @@ SCHEMA = [
         seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         detail TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS user_requests (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, rotate INTEGER NOT NULL, requested_by TEXT NOT NULL,
+        created BIGINT NOT NULL, confirmed_by TEXT, confirmed BIGINT
+    )""",
     "CREATE TABLE IF NOT EXISTS query_cache (key TEXT PRIMARY KEY, created BIGINT NOT NULL, result TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
 ]
