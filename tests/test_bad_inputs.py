@@ -40,7 +40,7 @@ def collector(tmp_path_factory):
 ])
 def test_query_flags_are_named_in_their_error(collector, flags, needle):
     db, ann = collector
-    one_clean_line(run_edge("query", "--token", ann, "--case", "K-1", "--db", db, *flags), 2, needle)
+    one_clean_line(run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--db", db, *flags), 2, needle)
 
 
 def test_a_bad_video_is_exit_3_for_replay_and_bench_alike(tmp_path):

@@ -139,7 +139,8 @@ def test_redelivery_is_stored_once_and_images_by_hash(store):
 
 def setup_gov(store, now=NOW):
     clock = [now.timestamp()]
-    gov = Governance(store, Policy(retention_days=30), clock=lambda: clock[0])
+    # the search rules; acknowledging the use policy has its own tests (tests/test_exposure.py)
+    gov = Governance(store, Policy(retention_days=30, require_ack=False), clock=lambda: clock[0])
     gov.add_user("root", "alice", "investigator")
     gov.add_user("root", "sam", "supervisor")
     gov.add_user("root", "tom", "supervisor")
@@ -339,9 +340,11 @@ def test_http_api_needs_a_token_and_a_case(tmp_path):
         assert get("/v1/reads?plate=HTTP123&case=C-9")[0] == 401
         assert get("/v1/reads?plate=HTTP123&case=C-9", "wrong-token")[0] == 401
         assert get("/v1/reads?plate=HTTP123", tok)[0] == 403
-        code, body = get("/v1/reads?plate=HTTP123&case=C-9&days=0.5", tok)
+        ack = f"&ack_policy={gov.use_policy()[1]}"
+        assert get("/v1/reads?plate=HTTP123&case=C-9&days=0.5", tok)[0] == 403  # the use policy not acknowledged
+        code, body = get("/v1/reads?plate=HTTP123&case=C-9&days=0.5" + ack, tok)
         assert code == 200 and body["count"] == 1 and body["reads"][0]["images"]["plate_jpeg"]
-        code, body = get("/v1/reads?plate=HTTP123&case=C-9", tok)
+        code, body = get("/v1/reads?plate=HTTP123&case=C-9" + ack, tok)
         assert code == 403 and body["approval_request"].startswith("APR-")
         assert get("/v1/reads?plate=HTTP123&case=C-9&from=yesterday", tok)[0] == 400
         assert s.one("SELECT COUNT(*) FROM users WHERE token_hash = ?", (tok,))[0] == 0  # stored hashed, not plain
@@ -365,16 +368,16 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
     assert r.returncode == 2 and "API token" in r.stderr  # a bare name is not an identity
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
     Ingestor(Store(db)).ingest([("t", good(1, datetime.now(UTC) - timedelta(hours=3), "CLI1234"))])
-    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--days", "1", "--db", db)
+    r = run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--days", "1", "--db", db)
     assert r.returncode == 0 and "CLI1234" in r.stdout
-    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--db", db)
+    r = run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--db", db)
     assert r.returncode == 3 and "approve" in r.stderr
     req = r.stderr.split("request ")[1].split()[0]
     r = run_edge("approve", req, "--token", ann, "--db", db)
     assert r.returncode == 2  # the investigator cannot approve their own query
     assert run_edge("approve", req, "--token", sam, "--db", db).returncode == 0
     out = tmp_path / "export.json"
-    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--approval", req, "--export", str(out), "--db", db)
+    r = run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "CLI1234", "--approval", req, "--export", str(out), "--db", db)
     assert r.returncode == 0 and json.loads(out.read_text())[0]["plate"]["text"] == "CLI1234"
     r = run_edge("retention", "--token", sam, "--db", db)
     assert r.returncode == 2  # retention is an admin's job
@@ -387,7 +390,7 @@ def test_cli_bootstrap_query_and_audit_verify(tmp_path):
     con.commit()
     r = run_edge("audit", "verify", "--db", db)
     assert r.returncode == 1 and "entry 2" in r.stderr
-    r = run_edge("query", "--token", ann, "--plate", "X", "--db", "postgresql://nobody@127.0.0.1:1/x")
+    r = run_edge("query", "--ack-policy", "--token", ann, "--plate", "X", "--db", "postgresql://nobody@127.0.0.1:1/x")
     assert r.returncode == 2 and "cannot connect" in r.stderr
 
 

@@ -122,11 +122,11 @@ def test_the_cli_approval_with_days_works_on_the_re_run(tmp_path):
     t = collector_users(db, sam="supervisor", ann="investigator")
     sam, ann = t["sam"], t["ann"]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
-    r = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--db", db)
+    r = run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--db", db)
     assert r.returncode == 3 and "APR-" in r.stderr
     req = r.stderr.split("request ")[1].split()[0]
     assert run_edge("approve", req, "--token", sam, "--db", db).returncode == 0
-    again = run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--approval", req, "--db", db)
+    again = run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "30", "--approval", req, "--db", db)
     assert again.returncode == 0, again.stderr
 
 
@@ -186,3 +186,27 @@ def test_a_token_from_a_file_keeps_it_out_of_the_process_list(tmp_path):
     assert r.returncode == 0 and "root" in r.stdout
     r = run_edge("users", "list", "--token-file", str(tmp_path / "none"), "--db", db)
     assert r.returncode == 2 and "--token-file: cannot read" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_every_search_shows_the_use_policy_and_records_its_acknowledgement(tmp_path):
+    """Visible warnings about valid use: the CLI shows the policy on every search and refuses one not
+    acknowledged; the deployment's own text replaces the default; the audit entry names the digest."""
+    from edge.collector.store import Store
+
+    from .conftest import collector_users, run_edge
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    t = collector_users(db, sam="supervisor", ann="investigator")
+    assert run_edge("cases", "open", "K-1", "--token", t["sam"], "--db", db).returncode == 0
+    q = ["query", "--token", t["ann"], "--case", "K-1", "--plate", "AB12CDE", "--days", "1", "--db", db]
+    r = run_edge(*q)
+    assert r.returncode == 2 and "acknowledges the use policy" in r.stderr and "suspected of nothing" in r.stderr
+    r = run_edge(*q, "--ack-policy")
+    assert r.returncode == 0 and "use policy (" in r.stderr and "suspected of nothing" in r.stderr
+    own = tmp_path / "policy.txt"
+    own.write_text("Border Agency rule 7: search only for the case named. Misuse is reported.\n")
+    env = {**__import__("os").environ, "EDGE_COLLECTOR_USE_POLICY": str(own)}
+    r = run_edge(*q, "--ack-policy", env=env)
+    assert r.returncode == 0 and "Border Agency rule 7" in r.stderr and "suspected of nothing" not in r.stderr
+    acks = [d for (d,) in Store(db).query("SELECT detail FROM audit WHERE action = 'query'")]
+    assert len(acks) == 2 and all('"use_policy":"' in d for d in acks) and acks[0] != acks[1]

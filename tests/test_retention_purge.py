@@ -24,7 +24,7 @@ def test_after_retention_the_database_holds_nothing_of_a_deleted_read(tmp_path):
     ing.ingest([("lpr/v1/dev-1/reads", json.dumps(future).encode()),
                 ("lpr/v1/dev-2/reads", good(2, NOW - timedelta(hours=1), "KEEP123")),
                 ("lpr/v1/dev-9/reads", b'{"plate": {"text": "QQ77RRR"}, "truncated')])  # a reject that carries the plate
-    gov = Governance(store, Policy(retention_days=30), clock=lambda: clock[0])
+    gov = Governance(store, Policy(retention_days=30, require_ack=False), clock=lambda: clock[0])
     gov.add_user("root", "alice", "investigator")
     gov.add_user("root", "sam", "supervisor")
     gov.open_case("sam", "C-1")
@@ -50,8 +50,8 @@ def test_an_auditor_asks_whether_a_plate_was_searched(tmp_path):
     t = collector_users(db, sam="supervisor", ann="investigator")
     root, sam, ann = t["root"], t["sam"], t["ann"]
     assert run_edge("cases", "open", "K-1", "--token", sam, "--db", db).returncode == 0
-    assert run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "1", "--db", db).returncode == 0
-    assert run_edge("query", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--db", db).returncode == 3
+    assert run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--days", "1", "--db", db).returncode == 0
+    assert run_edge("query", "--ack-policy", "--token", ann, "--case", "K-1", "--plate", "AB12CDE", "--db", db).returncode == 3
     r = run_edge("audit", "plate", "AB12CDE", "--token", root, "--db", db)
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2, r.stdout  # the search, and the request the refusal filed
     assert "ann" in r.stdout and "query" in r.stdout

@@ -28,9 +28,9 @@ def test_one_admin_alone_cannot_make_the_people_a_history_needs(tmp_path):
     assert run("cases", "list", "--token", t["sam"]).returncode == 0  # sam's token still works: nothing was re-issued
     r = run("users", "add", "third", "--role", "admin", "--bootstrap")
     assert r.returncode == 2 and "first two admins" in r.stderr  # bootstrap is closed
-    r = run("query", "--token", root, "--case", "K-1", "--plate", "SOLO123")
+    r = run("query", "--ack-policy", "--token", root, "--case", "K-1", "--plate", "SOLO123")
     assert r.returncode == 2 and "may not search" in r.stderr  # an admin searches nothing
-    ann = run("query", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123")
+    ann = run("query", "--ack-policy", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123")
     assert ann.returncode == 3
     req = ann.stderr.split("request ")[1].split()[0]
     r = run("approve", req, "--token", root)
@@ -45,20 +45,20 @@ def test_one_supervisor_or_one_investigator_alone_gets_no_history(tmp_path):
     run = lambda *a: run_edge(*a, "--db", db)  # noqa: E731
     assert run("cases", "open", "K-1", "--token", t["sam"]).returncode == 0
     Ingestor(Store(db)).ingest([("t", good(1, datetime.now(UTC) - timedelta(days=d, hours=1), "SOLO123")) for d in (1, 5, 9)])
-    own = run("query", "--token", t["sam"], "--case", "K-1", "--plate", "SOLO123")
+    own = run("query", "--ack-policy", "--token", t["sam"], "--case", "K-1", "--plate", "SOLO123")
     assert own.returncode == 3
     req = own.stderr.split("request ")[1].split()[0]
     r = run("approve", req, "--token", t["sam"])
     assert r.returncode == 2 and "second person" in r.stderr
-    ann = run("query", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123")
+    ann = run("query", "--ack-policy", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123")
     req = ann.stderr.split("request ")[1].split()[0]
     assert run("approve", req, "--token", t["ann"]).returncode == 2  # an investigator approves nothing
-    r = run("query", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123", "--approval", req)
+    r = run("query", "--ack-policy", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123", "--approval", req)
     assert r.returncode == 2 and "not been granted" in r.stderr
     for k in range(1, 12):  # and slicing it a day at a time gives one day of it
         since = (datetime.now(UTC) - timedelta(days=k)).isoformat()
         until = (datetime.now(UTC) - timedelta(days=k - 1)).isoformat()
-        run("query", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123", "--from", since, "--to", until)
+        run("query", "--ack-policy", "--token", t["ann"], "--case", "K-1", "--plate", "SOLO123", "--from", since, "--to", until)
     trail = Store(db).query("SELECT detail FROM audit WHERE actor = 'ann' AND action = 'query'")
     shown = sum('"results":1' in d for (d,) in trail)
     assert shown == 1, trail

@@ -140,12 +140,16 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
                 if role not in ("supervisor", "admin"):
                     return self.reply(403, {"error": "health needs supervisor or admin"})
                 return self.reply(200, health() if health else {"ok": True})
+            if url.path == "/v1/policy":
+                with lock:
+                    text, digest = gov.use_policy()
+                return self.reply(200, {"use_policy": text, "digest": digest})
             if url.path != "/v1/reads":
                 return self.reply(404, {"error": f"no such endpoint {url.path}"})
             try:
                 with lock:
                     q = query_from_params(params, gov.now_ms())
-                    rows = search(gov, user, params.get("case"), q, params.get("approval"))
+                    rows = search(gov, user, params.get("case"), q, params.get("approval"), ack=params.get("ack_policy"))
             except NeedsApproval as e:
                 return self.reply(403, {"error": str(e), "approval_request": e.request_id})
             except AccessDenied as e:
@@ -155,7 +159,7 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
             except Exception as e:  # never a dropped connection: the client gets an answer
                 return self.reply(500, {"error": f"{type(e).__name__}: {e}"})
             return self.reply(200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts,
-                                    "note": rows.note})
+                                    "note": rows.note, "use_policy": gov.use_policy()[0]})
 
         def do_POST(self):  # noqa: N802
             self.reply(405, {"error": "read-only API"})

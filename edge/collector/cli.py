@@ -25,7 +25,8 @@ def _gov(args):
         raise CollectorUserError(str(e)) from None
     head = getattr(args, "audit_head", None) or os.environ.get("EDGE_COLLECTOR_AUDIT_HEAD") or default_head(args.db)
     key, witness = os.environ.get("EDGE_COLLECTOR_SIGNING_KEY"), os.environ.get("EDGE_COLLECTOR_WITNESS")
-    pol = Policy(retention_days=getattr(args, "retention_days", 30.0), cache_ttl_hours=getattr(args, "cache_hours", 4.0),
+    use = os.environ.get("EDGE_COLLECTOR_USE_POLICY")
+    pol = Policy(use_policy_file=Path(use) if use else None, retention_days=getattr(args, "retention_days", 30.0), cache_ttl_hours=getattr(args, "cache_hours", 4.0),
                  audit_head_file=Path(head) if head else None, signing_key_file=Path(key) if key else None,
                  witness_file=Path(witness) if witness else None)
     return Governance(store, pol)
@@ -149,7 +150,11 @@ def cmd_query(args) -> int:
 
     gov = _gov(args)
     try:
-        rows = search(gov, _actor(gov, args), args.case, _query_args(args), args.approval, export=bool(args.export))
+        query, actor = _query_args(args), _actor(gov, args)  # a mistake in the flags is the one line it prints
+        text, digest = gov.use_policy()
+        if args.ack_policy:
+            print(f"use policy ({digest}):\n{text}\n", file=sys.stderr)  # every search shows it (a refusal below, too)
+        rows = search(gov, actor, args.case, query, args.approval, export=bool(args.export), ack=digest if args.ack_policy else None)
     except NeedsApproval as e:
         print(f"edge query: approval needed: {e}", file=sys.stderr)
         return 3
@@ -446,6 +451,8 @@ def register(sub) -> None:
     q.add_argument("--limit", type=int, default=500)
     q.add_argument("--export", help="write the results (with images) to this JSON file; audited as an export")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--ack-policy", action="store_true",
+                   help="you have read the use policy it shows and this search serves the case (recorded in the audit log)")
     q.set_defaults(func=cmd_query)
 
     a = sub.add_parser("approve", help="collector: a supervisor approves a movement-history query")

@@ -56,9 +56,18 @@ class Policy:
     signing_key_file: Path | None = None  # Ed25519 key, held apart from the database: signs checkpoints of the chain
     witness_file: Path | None = None  # where signed checkpoints go, off the database host (an append-only file)
     checkpoint_every: int = 20  # entries between signed checkpoints
+    use_policy_file: Path | None = None  # the deployment's use policy (EDGE_COLLECTOR_USE_POLICY); default USE_POLICY
+    require_ack: bool = True  # every search acknowledges the use policy it was shown
 
     def __post_init__(self):
         self.cache_ttl_hours = min(24.0, max(4.0, self.cache_ttl_hours))
+
+
+USE_POLICY = """Reads are location data about people who are mostly suspected of nothing. Search them only for the
+open case you name, and only for what it needs: a vehicle already identified in it, a time and place
+the case concerns. A vehicle's movements over time need a supervisor's approval, and every search,
+its results and this acknowledgement are audited. Do not copy reads out of the system except as the
+case requires (an export is audited as one). Misuse is a disciplinary and may be a criminal matter."""
 
 
 def hash_token(token: str) -> str:
@@ -76,6 +85,11 @@ class Governance:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def use_policy(self) -> tuple[str, str]:
+        """The use policy every search carries, and its digest (what an acknowledgement names)."""
+        text = Path(self.p.use_policy_file).read_text().strip() if self.p.use_policy_file else USE_POLICY
+        return text, hashlib.sha256(text.encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------ audit
 

@@ -75,9 +75,14 @@ def binding(q: Query) -> dict:
 
 
 def search(gov: Governance, user: str, case_id: str | None, query: Query, approval: str | None = None,
-           export: bool = False) -> Found:
-    """Run a governed query. Refusals are audited too, then raised."""
+           export: bool = False, ack: str | None = None) -> Found:
+    """Run a governed query. `ack`: the digest of the use policy the user was shown and acknowledged
+    (Governance.use_policy). Refusals are audited too, then raised."""
     try:
+        text, digest = gov.use_policy()
+        if gov.p.require_ack and ack != digest:
+            raise AccessDenied(f"every search acknowledges the use policy (digest {digest}); read it and search again "
+                               f"with --ack-policy (API: ack_policy={digest}):\n{text}")
         return _search(gov, user, case_id, query, approval, export)
     except AccessDenied as e:
         gov.audit(user, "query.denied", {"case": case_id, "query": asdict(query), "reason": str(e)})
@@ -137,6 +142,7 @@ def _search(gov: Governance, user: str, case_id: str | None, query: Query, appro
             r["plate"] = {"withheld": True}
     gov.audit(user, "export" if export else "query",
               {"case": case_id, "query": qdict, "results": len(rows), "withheld": withheld, "approval": used,
+               "use_policy": gov.use_policy()[1] if gov.p.require_ack else None,
                "read_ids": [r["read_id"] for r in rows][:200]})
     return Found(rows, withheld=withheld, note=note)
 
