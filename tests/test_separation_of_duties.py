@@ -62,3 +62,12 @@ def test_one_supervisor_or_one_investigator_alone_gets_no_history(tmp_path):
     trail = Store(db).query("SELECT detail FROM audit WHERE actor = 'ann' AND action = 'query'")
     shown = sum('"results":1' in d for (d,) in trail)
     assert shown == 1, trail
+
+
+def test_a_wrong_token_on_the_command_line_is_on_the_record(tmp_path):
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    collector_users(db)
+    r = run_edge("users", "list", "--token", "lpr_guessed", "--db", db)
+    assert r.returncode == 2 and "unknown API token" in r.stderr
+    trail = Store(db).query("SELECT actor, detail FROM audit WHERE action = 'login.failed'")
+    assert len(trail) == 1 and trail[0][0] == "(unknown)" and "lpr_guessed" not in trail[0][1] and '"cli"' in trail[0][1]

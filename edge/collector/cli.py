@@ -57,7 +57,10 @@ def _actor(gov, args) -> str:
         raise CollectorUserError("this needs your API token: --token-file FILE, EDGE_TOKEN or --token TOKEN "
                                  "(printed once by `edge users add`)")
     user = gov.user_for_token(token)
-    if not user:
+    if not user:  # on the record (the token itself is not), as the HTTP API's failures are
+        import getpass
+
+        gov.audit("(unknown)", "login.failed", {"source": "cli", "os_user": getpass.getuser(), "command": args.cmd})
         raise CollectorUserError("unknown API token")
     return user
 
