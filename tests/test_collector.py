@@ -4,10 +4,12 @@ import base64
 import json
 import random
 import sqlite3
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -140,7 +142,8 @@ def test_redelivery_is_stored_once_and_images_by_hash(store):
 def setup_gov(store, now=NOW):
     clock = [now.timestamp()]
     # the search rules; acknowledging the use policy has its own tests (tests/test_exposure.py)
-    gov = Governance(store, Policy(retention_days=30, require_ack=False), clock=lambda: clock[0])
+    head = Path(tempfile.mkdtemp(prefix="edge-audit-")) / "audit.head"  # as a deployment keeps it, outside the database
+    gov = Governance(store, Policy(retention_days=30, require_ack=False, audit_head_file=head), clock=lambda: clock[0])
     gov.add_user("root", "alice", "investigator")
     gov.add_user("root", "sam", "supervisor")
     gov.add_user("root", "tom", "supervisor")

@@ -189,7 +189,10 @@ class Governance:
             if calc != h:
                 problems.append(f"entry {seq}: content was changed")
             prev, expect = h, seq + 1
-        if self.p.audit_head_file and not Path(self.p.audit_head_file).exists() and expect > 1:
+        if not self.p.audit_head_file and expect > 1:
+            problems.append("no audit head is configured (EDGE_COLLECTOR_AUDIT_HEAD; beside a SQLite database it is kept "
+                            "by default): a removed last entry could not be told")
+        elif self.p.audit_head_file and not Path(self.p.audit_head_file).exists() and expect > 1:
             problems.append(f"the head file {self.p.audit_head_file} is missing: the log's end cannot be checked")
         elif self.p.audit_head_file and Path(self.p.audit_head_file).exists():
             try:
