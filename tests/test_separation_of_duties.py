@@ -71,3 +71,14 @@ def test_a_wrong_token_on_the_command_line_is_on_the_record(tmp_path):
     assert r.returncode == 2 and "unknown API token" in r.stderr
     trail = Store(db).query("SELECT actor, detail FROM audit WHERE action = 'login.failed'")
     assert len(trail) == 1 and trail[0][0] == "(unknown)" and "lpr_guessed" not in trail[0][1] and '"cli"' in trail[0][1]
+
+
+def test_revoking_the_other_admin_does_not_reopen_the_bootstrap(tmp_path):
+    """root revokes rita, then tries to bootstrap a puppet admin to confirm its own requests with: refused."""
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    t = collector_users(db)
+    assert run_edge("users", "revoke", "rita", "--token", t["root"], "--db", db).returncode == 0
+    r = run_edge("users", "add", "puppet", "--role", "admin", "--bootstrap", "--db", db)
+    assert r.returncode == 2 and "first two admins" in r.stderr and "lpr_" not in r.stdout
+    req = run_edge("users", "add", "eve", "--role", "investigator", "--token", t["root"], "--db", db).stdout.strip()
+    assert run_edge("users", "confirm", req, "--token", t["root"], "--db", db).returncode == 2

@@ -281,7 +281,8 @@ def cmd_users_add(args) -> int:
     gov = _gov(args)
     try:
         if args.bootstrap:
-            if gov.admins() >= 2:
+            # admins ever made, revoked ones too: revoking the other admin must not reopen the bootstrap
+            if gov.s.one("SELECT COUNT(*) FROM users WHERE role = 'admin'")[0] >= 2:
                 raise AccessDenied("--bootstrap only makes the first two admins; now one admin asks "
                                    "(edge users add) and another confirms (edge users confirm)")
             if args.role != "admin":
