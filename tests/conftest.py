@@ -166,7 +166,7 @@ def store(request, tmp_path):
             for stmt in EXPOSURE:
                 s.execute(stmt)
         with s.tx():
-            for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure"):
+            for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures"):
                 s.execute(f"DELETE FROM {t}")
     yield s
     s.close()

@@ -66,11 +66,15 @@ def test_one_supervisor_or_one_investigator_alone_gets_no_history(tmp_path):
 
 def test_a_wrong_token_on_the_command_line_is_on_the_record(tmp_path):
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    collector_users(db)
+    t = collector_users(db)
     r = run_edge("users", "list", "--token", "lpr_guessed", "--db", db)
     assert r.returncode == 2 and "unknown API token" in r.stderr
     trail = Store(db).query("SELECT actor, detail FROM audit WHERE action = 'login.failed'")
-    assert len(trail) == 1 and trail[0][0] == "(unknown)" and "lpr_guessed" not in trail[0][1] and '"cli"' in trail[0][1]
+    assert len(trail) == 1 and trail[0][0] == "(unknown)" and "lpr_guessed" not in trail[0][1] and '"cli:' in trail[0][1]
+    for _ in range(9):  # guessing on: after 10 failures in a minute even the right token waits
+        run_edge("users", "list", "--token", "lpr_guessed", "--db", db)
+    r = run_edge("users", "list", "--token", t["root"], "--db", db)
+    assert r.returncode == 2 and "too many failed logins" in r.stderr
 
 
 def test_revoking_the_other_admin_does_not_reopen_the_bootstrap(tmp_path):

@@ -56,11 +56,14 @@ def _actor(gov, args) -> str:
     if not token:
         raise CollectorUserError("this needs your API token: --token-file FILE, EDGE_TOKEN or --token TOKEN "
                                  "(printed once by `edge users add`)")
+    import getpass
+
+    source = f"cli:{getpass.getuser()}"
+    if gov.login_blocked(source):
+        raise CollectorUserError(f"too many failed logins from {source}: wait a minute")
     user = gov.user_for_token(token)
     if not user:  # on the record (the token itself is not), as the HTTP API's failures are
-        import getpass
-
-        gov.audit("(unknown)", "login.failed", {"source": "cli", "os_user": getpass.getuser(), "command": args.cmd})
+        gov.login_failed(source, {"command": args.cmd})
         raise CollectorUserError("unknown API token")
     return user
 

@@ -264,6 +264,20 @@ class Governance:
     # investigator and the supervisor a movement history needs.
     REQUEST_VALID_MS = DAY_MS
 
+    LOGIN_FAIL_LIMIT, LOGIN_FAIL_WINDOW_MS = 10, 60_000  # failed logins from one source in a minute, then it waits
+
+    def login_failed(self, source: str, detail: dict) -> None:
+        """A wrong token: on the record (never the token itself), and counted for its source."""
+        now = self.now_ms()
+        self.s.execute("DELETE FROM login_failures WHERE ts < ?", (now - self.LOGIN_FAIL_WINDOW_MS,))
+        self.s.execute("INSERT INTO login_failures (source, ts) VALUES (?, ?)", (source, now))
+        self.audit("(unknown)", "login.failed", {"source": source, **detail})
+
+    def login_blocked(self, source: str) -> bool:
+        n = self.s.one("SELECT COUNT(*) FROM login_failures WHERE source = ? AND ts >= ?",
+                       (source, self.now_ms() - self.LOGIN_FAIL_WINDOW_MS))[0]
+        return int(n) >= self.LOGIN_FAIL_LIMIT
+
     def admins(self) -> int:
         return int(self.s.one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND token_hash IS NOT NULL")[0])
 

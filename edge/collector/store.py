@@ -64,6 +64,7 @@ SCHEMA = [
         id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, rotate INTEGER NOT NULL, requested_by TEXT NOT NULL,
         created BIGINT NOT NULL, confirmed_by TEXT, confirmed BIGINT
     )""",
+    "CREATE TABLE IF NOT EXISTS login_failures (source TEXT NOT NULL, ts BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS query_cache (key TEXT PRIMARY KEY, created BIGINT NOT NULL, result TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
 ]
