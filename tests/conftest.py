@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -187,3 +188,32 @@ def collector_users(db: str, env: dict | None = None, **roles: str) -> dict[str,
         assert ok.returncode == 0, ok.stderr
         tok[name] = ok.stdout.split()[-1]
     return tok
+
+
+@contextlib.contextmanager
+def api_client(gov):
+    """The collector's HTTP API (the server `edge collect --http` runs) on a free loopback port:
+    yields get(path, token) -> (status, JSON body)."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from edge.collector.api import make_server
+
+    srv = make_server(gov, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def get(path: str, token: str | None = None):
+        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        yield get
+    finally:
+        srv.shutdown()

@@ -6,8 +6,6 @@ import random
 import sqlite3
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from edge.outbox import Outbox
 from edge.runtime.publisher import Publisher
 
 from .broker import Broker
-from .conftest import collector_users, run_edge
+from .conftest import api_client, collector_users, run_edge
 
 IMG = base64.b64encode(jpeg_of_size(20_000)).decode()
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -317,7 +315,6 @@ def test_collector_keeps_queue_while_down_persistent_session(tmp_path):
 
 
 def test_http_api_needs_a_token_and_a_case(tmp_path):
-    from edge.collector.api import make_server
 
     s = Store(f"sqlite:///{tmp_path / 'h.db'}")
     Ingestor(s).ingest([("t", good(1, datetime.now(UTC) - timedelta(hours=1), "HTTP123"))])
@@ -325,21 +322,7 @@ def test_http_api_needs_a_token_and_a_case(tmp_path):
     tok = gov.add_user("root", "alice", "investigator")
     gov.add_user("root", "sam", "supervisor")
     gov.open_case("sam", "C-9")
-    srv = make_server(gov, "127.0.0.1", 0)
-    import threading
-
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-
-    def get(path, token=None):
-        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    try:
+    with api_client(gov) as get:
         assert get("/v1/reads?plate=HTTP123&case=C-9")[0] == 401
         assert get("/v1/reads?plate=HTTP123&case=C-9", "wrong-token")[0] == 401
         assert get("/v1/reads?plate=HTTP123", tok)[0] == 403
@@ -351,8 +334,6 @@ def test_http_api_needs_a_token_and_a_case(tmp_path):
         assert code == 403 and body["approval_request"].startswith("APR-")
         assert get("/v1/reads?plate=HTTP123&case=C-9&from=yesterday", tok)[0] == 400
         assert s.one("SELECT COUNT(*) FROM users WHERE token_hash = ?", (tok,))[0] == 0  # stored hashed, not plain
-    finally:
-        srv.shutdown()
 
 
 def test_cli_bootstrap_query_and_audit_verify(tmp_path):

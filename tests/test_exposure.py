@@ -133,33 +133,19 @@ def test_the_cli_approval_with_days_works_on_the_re_run(tmp_path):
 def test_the_api_answers_every_bad_input_and_records_failed_logins(tmp_path):
     """days=inf used to close the connection unanswered; a wrong token left no trace; now a 400 naming the
     parameter, an audited failure, and past 10 failures from one address a 429."""
-    import json
-    import threading
-    import urllib.error
-    import urllib.request
 
-    from edge.collector.api import FAIL_LIMIT, make_server
+    from edge.collector.api import FAIL_LIMIT
     from edge.collector.governance import Governance
     from edge.collector.store import Store
+
+    from .conftest import api_client
 
     s = Store(f"sqlite:///{tmp_path / 'h.db'}")
     gov = Governance(s)
     tok = gov.add_user("root", "alice", "investigator")
     gov.add_user("root", "sam", "supervisor")
     gov.open_case("sam", "C-9")
-    srv = make_server(gov, "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-
-    def get(path, token=None):
-        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    try:
+    with api_client(gov) as get:
         for q, name in (("days=inf", "days"), ("days=nan", "days"), ("near=nan,1,2", "near"), ("box=1,2,3,inf", "box"),
                         ("limit=1e9", "limit"), ("from=tomorrow", "from")):
             code, body = get(f"/v1/reads?plate=AB12CDE&case=C-9&{q}", tok)
@@ -170,8 +156,6 @@ def test_the_api_answers_every_bad_input_and_records_failed_logins(tmp_path):
         assert get("/v1/reads?case=C-9&days=0.5", tok)[0] == 429  # that address waits, whoever it is now
         failed = s.query("SELECT detail FROM audit WHERE action = 'login.failed'")
         assert len(failed) == FAIL_LIMIT and "not-a-token" not in repr(failed)
-    finally:
-        srv.shutdown()
 
 
 def test_a_token_from_a_file_keeps_it_out_of_the_process_list(tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -80,28 +79,11 @@ def number(v: str, name: str) -> float:
     return x
 
 
-FAIL_LIMIT = 10  # failed logins from one address within FAIL_WINDOW_S ...
-FAIL_WINDOW_S = 60  # ... and it waits this long
-
-
-class Failures:
-    """Failed logins per source address: past FAIL_LIMIT in FAIL_WINDOW_S, the address is refused."""
-
-    def __init__(self, clock=time.monotonic):
-        self.clock, self.seen = clock, {}
-
-    def add(self, source: str) -> None:
-        now = self.clock()
-        self.seen[source] = [t for t in self.seen.get(source, []) if now - t < FAIL_WINDOW_S] + [now]
-
-    def blocked(self, source: str) -> bool:
-        now = self.clock()
-        return len([t for t in self.seen.get(source, []) if now - t < FAIL_WINDOW_S]) >= FAIL_LIMIT
+FAIL_LIMIT = Governance.LOGIN_FAIL_LIMIT  # failed logins from one address in a minute, then it waits a minute
 
 
 def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:
     lock = threading.Lock()
-    failures = Failures()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-collector"
@@ -122,15 +104,13 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else ""
             source = self.client_address[0]
-            if failures.blocked(source):
-                return self.reply(429, {"error": f"too many failed logins from {source}: wait {FAIL_WINDOW_S} s"})
             with lock:
+                if gov.login_blocked(source):
+                    return self.reply(429, {"error": f"too many failed logins from {source}: wait a minute"})
                 user = gov.user_for_token(token) if token else None
                 if token and not user:  # a wrong token is on the record, without the token itself
-                    gov.audit("(unknown)", "login.failed", {"source": source, "path": urlparse(self.path).path})
+                    gov.login_failed(source, {"path": urlparse(self.path).path})
             if not user:
-                if token:
-                    failures.add(source)
                 return self.reply(401, {"error": "authentication required: Authorization: Bearer <token>"})
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}

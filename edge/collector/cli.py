@@ -422,6 +422,13 @@ def cmd_bench_collector(args) -> int:
     return 0
 
 
+def token_args(p, who: str) -> None:
+    """--token and --token-file: who the command acts as (see _actor)."""
+    p.add_argument("--token", help=who)
+    p.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line "
+                                        "shows in the process list)")
+
+
 def register(sub) -> None:
     def db(p):
         p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://... (env EDGE_COLLECTOR_DB)")
@@ -442,8 +449,7 @@ def register(sub) -> None:
 
     q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")
     db(q)
-    q.add_argument("--token", help="your API token (or EDGE_TOKEN)")
-    q.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(q, "your API token (or EDGE_TOKEN)")
     q.add_argument("--case", help="the open case that justifies this query")
     q.add_argument("--plate")
     q.add_argument("--match", default="exact", choices=["exact", "wildcard", "fuzzy"])
@@ -465,16 +471,14 @@ def register(sub) -> None:
     a = sub.add_parser("approve", help="collector: a supervisor approves a movement-history query")
     db(a)
     a.add_argument("request")
-    a.add_argument("--token", help="the approving supervisor's API token (or EDGE_TOKEN)")
-    a.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(a, "the approving supervisor's API token (or EDGE_TOKEN)")
     a.set_defaults(func=cmd_approve)
 
     ap = sub.add_parser("approvals", help="collector: movement-history requests waiting for a supervisor")
     apsub = ap.add_subparsers(dest="approvals_cmd", required=True)
     apl = apsub.add_parser("list")
     db(apl)
-    apl.add_argument("--token", help="a supervisor's API token (or EDGE_TOKEN)")
-    apl.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(apl, "a supervisor's API token (or EDGE_TOKEN)")
     apl.add_argument("--ids", action="store_true", help="print only the request ids, one per line")
     apl.set_defaults(func=cmd_approvals)
 
@@ -488,8 +492,7 @@ def register(sub) -> None:
     apl2 = ausub.add_parser("plate", help="the audit entries that name a plate (admins, supervisors; the log keeps only references)")
     db(apl2)
     apl2.add_argument("plate")
-    apl2.add_argument("--token", help="your API token (or EDGE_TOKEN)")
-    apl2.add_argument("--token-file", help="read the API token from this file")
+    token_args(apl2, "your API token (or EDGE_TOKEN)")
     apl2.set_defaults(func=cmd_audit_plate)
     kg = ausub.add_parser("keygen", help="make the Ed25519 key that signs audit checkpoints, and its public key")
     kg.add_argument("--out", required=True, help="folder for audit-signing.key (keep it off the database) and audit-signing.pub")
@@ -501,27 +504,23 @@ def register(sub) -> None:
     db(ua)
     ua.add_argument("name")
     ua.add_argument("--role", required=True, choices=["viewer", "investigator", "supervisor", "admin"])
-    ua.add_argument("--token", help="the admin's API token (or EDGE_TOKEN)")
-    ua.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(ua, "the admin's API token (or EDGE_TOKEN)")
     ua.add_argument("--bootstrap", action="store_true", help="make one of the first two admins (no token needed)")
     ua.add_argument("--rotate", action="store_true", help="the user exists: give them a new token (the old one stops working)")
     ua.set_defaults(func=cmd_users_add)
     uc = usub.add_parser("confirm", help="a second admin confirms a user request and receives the token to hand over")
     db(uc)
     uc.add_argument("request", help="USR-... (printed by edge users add)")
-    uc.add_argument("--token", help="the confirming admin's API token (or EDGE_TOKEN)")
-    uc.add_argument("--token-file", help="read the API token from this file")
+    token_args(uc, "the confirming admin's API token (or EDGE_TOKEN)")
     uc.set_defaults(func=cmd_users_confirm)
     ul = usub.add_parser("list", help="every user, role and whether their token works (admins)")
     db(ul)
-    ul.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
-    ul.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(ul, "an admin's API token (or EDGE_TOKEN)")
     ul.set_defaults(func=cmd_users_list)
     ur = usub.add_parser("revoke", help="stop a user's token working (admins; never the last admin)")
     db(ur)
     ur.add_argument("name")
-    ur.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
-    ur.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(ur, "an admin's API token (or EDGE_TOKEN)")
     ur.set_defaults(func=cmd_users_revoke)
 
     rj = sub.add_parser("rejects", help="collector: messages ingest refused, newest first (admins; payloads not shown)")
@@ -530,8 +529,7 @@ def register(sub) -> None:
     db(rl)
     rl.add_argument("--reason", help="only rejects whose reason contains this")
     rl.add_argument("--limit", type=int, default=50)
-    rl.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
-    rl.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(rl, "an admin's API token (or EDGE_TOKEN)")
     rl.set_defaults(func=cmd_rejects)
 
     cs = sub.add_parser("cases", help="collector: list, open or close cases, hold reads for a case")
@@ -539,8 +537,7 @@ def register(sub) -> None:
     cs.add_argument("action", choices=["list", "open", "close", "hold"])
     cs.add_argument("case", nargs="?")
     cs.add_argument("reads", nargs="*", help="read ids to hold (hold)")
-    cs.add_argument("--token", help="your API token (or EDGE_TOKEN)")
-    cs.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(cs, "your API token (or EDGE_TOKEN)")
     cs.add_argument("--title")
     cs.set_defaults(func=cmd_cases)
 
@@ -548,8 +545,7 @@ def register(sub) -> None:
     db(r)
     r.add_argument("--retention-days", type=float, default=30.0)
     r.add_argument("--cache-hours", type=float, default=4.0)
-    r.add_argument("--token", help="an admin's API token (or EDGE_TOKEN)")
-    r.add_argument("--token-file", help="read the API token from this file (the safer way: a --token on the command line shows in the process list)")
+    token_args(r, "an admin's API token (or EDGE_TOKEN)")
     r.set_defaults(func=cmd_retention)
 
     b = sub.add_parser("bench-collector", help="collector: ingest reads/s with 20 KB images")

@@ -73,10 +73,11 @@ class Exposure:
             return
         for rowid_user, key, since, until, ids in self.s.query(
                 "SELECT user_name, plate_key, since_ms, until_ms, read_ids FROM exposure"):
-            left = [i for i in json.loads(ids) if i not in gone]
+            had = json.loads(ids)
+            left = [i for i in had if i not in gone]
             if not left:
                 self.s.execute("DELETE FROM exposure WHERE user_name = ? AND plate_key = ? AND since_ms = ? AND until_ms = ?",
                                (rowid_user, key, since, until))
-            elif len(left) != len(json.loads(ids)):
+            elif len(left) != len(had):
                 self.s.execute("UPDATE exposure SET read_ids = ? WHERE user_name = ? AND plate_key = ? AND since_ms = ? "
                                "AND until_ms = ?", (json.dumps(left), rowid_user, key, since, until))
