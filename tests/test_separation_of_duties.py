@@ -86,3 +86,25 @@ def test_revoking_the_other_admin_does_not_reopen_the_bootstrap(tmp_path):
     assert r.returncode == 2 and "first two admins" in r.stderr and "lpr_" not in r.stdout
     req = run_edge("users", "add", "eve", "--role", "investigator", "--token", t["root"], "--db", db).stdout.strip()
     assert run_edge("users", "confirm", req, "--token", t["root"], "--db", db).returncode == 2
+
+
+def test_whoever_made_an_investigators_account_does_not_approve_their_history(tmp_path):
+    """root asks for investigator ivy (perhaps for himself) and is later made a supervisor: he may not
+    approve ivy's request; a supervisor who had no hand in ivy's account may."""
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    t = collector_users(db, ivy="investigator", ada="admin", sam="supervisor")
+    run = lambda *a: run_edge(*a, "--db", db)  # noqa: E731
+    req = run("users", "add", "root", "--role", "supervisor", "--rotate", "--token", t["rita"]).stdout.split()[-1]
+    ok = run("users", "confirm", req, "--token", t["ada"])
+    assert ok.returncode == 0, ok.stderr
+    root = ok.stdout.split()[-1]
+    assert run("cases", "open", "K-1", "--token", t["sam"]).returncode == 0
+    Ingestor(Store(db)).ingest([("t", good(1, datetime.now(UTC) - timedelta(days=d, hours=1), "LINE123")) for d in (1, 5, 9)])
+    ask = run("query", "--ack-policy", "--token", t["ivy"], "--case", "K-1", "--plate", "LINE123")
+    assert ask.returncode == 3
+    rid = ask.stderr.split("request ")[1].split()[0]
+    r = run("approve", rid, "--token", root)
+    assert r.returncode == 2 and "made or re-issued 'ivy'" in r.stderr
+    assert run("approve", rid, "--token", t["sam"]).returncode == 0
+    r = run("query", "--ack-policy", "--token", t["ivy"], "--case", "K-1", "--plate", "LINE123", "--approval", rid)
+    assert r.returncode == 0 and r.stdout.count("LINE123") == 3, r.stdout + r.stderr

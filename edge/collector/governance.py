@@ -319,6 +319,13 @@ class Governance:
         self.audit(actor, "user.confirm", {"id": request_id, "name": name, "role": role, "requested_by": by})
         return name, role, token, bool(rotate)
 
+    def made_by(self, name: str) -> set[str]:
+        """Everyone who asked for or confirmed the making, re-issue or role change of `name`'s account:
+        none of them may approve that user's history (they could have made the account for themselves)."""
+        rows = self.s.query("SELECT requested_by, confirmed_by FROM user_requests WHERE name = ? AND confirmed_by IS NOT NULL",
+                            (name,))
+        return {who for r in rows for who in r}
+
     def users(self, actor: str) -> list[tuple[str, str, int, bool]]:
         """(name, role, created ms, has a working token) of every user; admins only."""
         self.require(actor, "admin")
@@ -440,6 +447,8 @@ class Governance:
             raise ValueError(f"no approval request {request_id}")
         if r[0] == actor:
             raise AccessDenied("a second person must approve: the requester cannot approve their own query")
+        if actor in self.made_by(r[0]):
+            raise AccessDenied(f"{actor!r} made or re-issued {r[0]!r}'s account: a supervisor who did not may approve")
         if r[1]:
             raise ValueError(f"request {request_id} is already approved")
         self.s.execute("UPDATE approvals SET approver = ?, approved = ? WHERE id = ?", (actor, self.now_ms(), request_id))
