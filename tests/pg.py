@@ -72,6 +72,14 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def database(self, name: str) -> str:
+        """A new, empty database on this server; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def stop(self) -> None:
         if self.proc:
             self.proc.terminate()

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge.collector import SESSION_EXPIRY_S
+
 DEFAULT_DB = os.environ.get("EDGE_COLLECTOR_DB", "sqlite:///out/collector.db")
 
 
@@ -89,22 +91,37 @@ def cmd_collect(args) -> int:
     host, port = _hostport(args.mqtt, "--mqtt")
     tls = None
     if args.cafile or args.certfile:
+        for flag, f in (("--cafile", args.cafile), ("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+            if f and not Path(f).is_file():
+                print(f"edge collect: error: {flag} {f}: no such file", file=sys.stderr)
+                return 2
         tls = {"ca_certs": args.cafile, "certfile": args.certfile, "keyfile": args.keyfile}
-    col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id, tls=tls)
+    if not 0 <= args.session_expiry <= 30 * 86400:
+        print(f"edge collect: error: --session-expiry {args.session_expiry}: expected 0 to {30 * 86400} seconds", file=sys.stderr)
+        return 2
+    col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id, tls=tls,
+                    session_expiry_s=args.session_expiry)
+    srv = None
+    if args.http:  # every port bound before the broker hears of us: a busy port leaves no session behind
+        from edge.collector.api import make_server
+
+        h, p = _hostport(args.http, "--http")
+        try:
+            srv = make_server(gov, h, p, health=col.ing.health)
+        except OSError as e:
+            print(f"edge collect: error: cannot serve --http {args.http}: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         col.start()
-    except OSError as e:
-        print(f"edge collect: error: cannot reach broker {args.mqtt}: {e.strerror or e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        if srv:
+            srv.server_close()
+        print(f"edge collect: error: cannot reach broker {args.mqtt}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 4
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    srv = None
-    if args.http:
-        from edge.collector.api import make_server
-
-        h, p = _hostport(args.http, "--http")
-        srv = make_server(gov, h, p, health=col.ing.health)
+    if srv:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     print(f"collecting from {args.mqtt} ($share/{args.group}) into {redact_db_url(args.db)}", flush=True)
     last_ret = time.monotonic()
@@ -440,6 +457,8 @@ def register(sub) -> None:
     c.add_argument("--mqtt", required=True, help="broker HOST:PORT")
     c.add_argument("--group", default="collectors", help="shared-subscription group")
     c.add_argument("--client-id", default="edge-collector")
+    c.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="SECONDS",
+                   help="how long the broker keeps queueing for this collector once it is gone (default 7 days)")
     c.add_argument("--http", help="also serve the read-only API on HOST:PORT")
     c.add_argument("--health-interval", type=float, default=30)
     c.add_argument("--cafile", help="TLS: the deployment CA")

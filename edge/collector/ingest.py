@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from edge.collector import SESSION_EXPIRY_S
 from edge.collector.store import Store
 from edge.plates import fold
 from edge.record import SCHEMA_ID, Read
@@ -222,7 +223,8 @@ class Collector:
 
     def __init__(self, store: Store, host: str, port: int, group: str = "collectors", topic: str = "lpr/v1/+/reads",
                  client_id: str = "edge-collector", batch_max: int = 200, batch_wait_s: float = 0.05,
-                 tls: dict | None = None, username: str | None = None, password: str | None = None):
+                 tls: dict | None = None, username: str | None = None, password: str | None = None,
+                 session_expiry_s: int = SESSION_EXPIRY_S):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
@@ -241,10 +243,13 @@ class Collector:
         if tls:
             c.tls_set(**tls)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 7 * 86400  # the broker keeps our queue for a week
+        props.SessionExpiryInterval = session_expiry_s  # how long the broker queues for a collector that is gone
         self._props = props
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()
+        self.refused: str | None = None
         c.on_disconnect = lambda *a: self.connected.clear()
         self.client = c
         self._mqtt = mqtt
@@ -256,12 +261,22 @@ class Collector:
         client.subscribe(self.topic, qos=1)
         self.connected.set()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if any(rc.is_failure for rc in reason_codes):
+            self.refused = f"the broker refused the subscription to {self.topic}: {reason_codes[0]}"
+        self.subscribed.set()
+
     def _on_message(self, client, userdata, msg):
         self.q.put((msg.topic, msg.payload, msg.mid, msg.qos))
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        """Connect and subscribe; return once the broker has granted the subscription (so nothing
+        published after this is missed), else leave no session behind and raise OSError."""
         self.client.connect(self.host, self.port, clean_start=False, properties=self._props)
         self.client.loop_start()
+        if not self.subscribed.wait(timeout) or self.refused:
+            self.abandon()
+            raise OSError(self.refused or f"no subscription granted within {timeout:g} s")
         self.writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
         self.writer.start()
 
@@ -312,6 +327,19 @@ class Collector:
                         log.error("store unavailable (%s); holding the message", e2)
                         time.sleep(5.0)
                         self.ing.store.recover()
+
+    def abandon(self) -> None:
+        """Disconnect and end the session on the broker (expiry 0), so that a failed or trial start
+        leaves no shared-subscription member taking its share of the stream."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        try:
+            self.client.disconnect(properties=props)  # never connected: there is no session to end
+        finally:
+            self.client.loop_stop()
 
     def stop(self) -> None:
         self.stop_event.set()
