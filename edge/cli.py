@@ -284,7 +284,7 @@ def cmd_subscribe(args) -> int:
 
 
 def cmd_provision(args) -> int:
-    from edge.provision import DeviceSpec, ProvisionError, init_ca, issue_cert, make_bundle
+    from edge.provision import DeviceSpec, ProvisionError, init_ca, issue_cert, issue_collector_cert, make_bundle, revoke
 
     ca = Path(args.ca_dir)
     try:
@@ -296,8 +296,12 @@ def cmd_provision(args) -> int:
             key, crt = issue_cert(ca, Path(args.out), "server", args.name, server_names=names)
             print(f"broker certificate: {crt}, key: {key}")
         elif args.what == "client":
-            key, crt = issue_cert(ca, Path(args.out), args.name, args.name)
-            print(f"client certificate for {args.name!r}: {crt}, key: {key}")
+            key, crt = issue_collector_cert(ca, Path(args.out), args.name)
+            print(f"collector certificate for {args.name!r} (from the collectors' CA): {crt}, key: {key}")
+        elif args.what == "revoke":
+            crl, n = revoke(ca, args.name)
+            print(f"{args.name}: revoked; {crl} now lists {n} certificate(s): copy it to the broker "
+                  "(/etc/mosquitto/edge/devices.crl) and restart it")
         else:
             if args.camera_source == "picamera2" and args.image == "debian":
                 raise UserError("--camera-source picamera2 needs --image raspios: the Debian image has no picamera2 "
@@ -415,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_subscribe)
 
     pv = sub.add_parser("provision", help="deployment CA, device bundles, broker and collector certificates")
-    pv.add_argument("what", choices=["ca", "device", "server", "client"])
-    pv.add_argument("name", nargs="?", default="", help="device id (device), broker host name (server), client name (client)")
+    pv.add_argument("what", choices=["ca", "device", "server", "client", "revoke"])
+    pv.add_argument("name", nargs="?", default="", help="device id (device, revoke), broker host name (server), collector "
+                                                         "name (client: collector, collector-2, ...)")
     pv.add_argument("--ca-dir", required=True, help="the deployment CA folder (ca.key stays here)")
     pv.add_argument("--out", default="edge-bundle", help="output folder")
     pv.add_argument("--owner", help="device: who owns the camera")

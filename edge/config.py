@@ -90,6 +90,8 @@ class MqttSection(Section):
     certfile: Path | None = None
     keyfile: Path | None = None
     health_interval_s: float = Field(default=30, ge=1)
+    receipts: bool = Field(default=False, description="keep each read until the collector's receipt says it is stored "
+                                                      "(provisioned devices: on); off: until the broker's PUBACK")
 
     @model_validator(mode="after")
     def _files(self, info: ValidationInfo):
@@ -181,6 +183,34 @@ class Config(Section):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or (self.device.state_dir / "outbox.db")
+
+    @model_validator(mode="after")
+    def _identity(self):
+        """The broker knows a device by its certificate's CN (or its username): the configured id must
+        be that name, or every read would go to topics the broker refuses it."""
+        m = self.mqtt
+        if m.username is not None and m.username != self.device.id:
+            raise ValueError(f"mqtt.username {m.username!r} is not device.id {self.device.id!r}: the broker knows a "
+                             "device by one name")
+        cert = resolve_secret(m.certfile)
+        if cert is not None and Path(cert).is_file():
+            cn = certificate_cn(Path(cert))
+            if cn != self.device.id:
+                raise ValueError(f"device.id {self.device.id!r} is not the name in mqtt.certfile {cert} ({cn!r}): the "
+                                 "broker knows this device as its certificate's name")
+        return self
+
+
+def certificate_cn(path: Path) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise ValueError(f"mqtt.certfile {path} is not a PEM certificate") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 class ConfigError(Exception):

@@ -9,6 +9,8 @@ Topics (prefix `lpr/v1` by default):
     <prefix>/<device_id>/reads    one Read record (JSON), QoS 1, not retained
     <prefix>/<device_id>/status   {"state": "online"|"offline", ...}, QoS 1, retained
     <prefix>/<device_id>/health   periodic health JSON, QoS 0
+    <prefix>/<device_id>/receipts {"stored": [read_id, ...], "refused": [read_id, ...]} from the collector,
+                                  QoS 1, read by this device only (when receipts are on)
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ class MqttSettings:
     max_inflight: int = 20
     health_interval_s: float = 30.0
     connect_timeout_s: float = 10.0
+    receipts: bool = False  # keep each read until the collector's receipt, not only the broker's PUBACK
 
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
     base = f"{prefix.rstrip('/')}/{device_id}"
-    return {"reads": f"{base}/reads", "status": f"{base}/status", "health": f"{base}/health"}
+    return {"reads": f"{base}/reads", "status": f"{base}/status", "health": f"{base}/health", "receipts": f"{base}/receipts"}
 
 
 @dataclass
@@ -70,12 +73,13 @@ class MqttTransport:
     connection drops (every unacknowledged message is then forgotten by the broker's side of paho)."""
 
     def __init__(self, settings: MqttSettings, device_id: str, on_ack: Callable[[int, object], None],
-                 on_lost: Callable[[], None], on_ready: Callable[[], None]):
+                 on_lost: Callable[[], None], on_ready: Callable[[], None],
+                 on_receipt: Callable[[bytes], None] | None = None):
         self.s = settings
         self.device_id = device_id
         self.t = topics(settings.topic_prefix, device_id)
         self.stats = PublisherStats()
-        self.on_ack, self.on_lost, self.on_ready = on_ack, on_lost, on_ready
+        self.on_ack, self.on_lost, self.on_ready, self.on_receipt = on_ack, on_lost, on_ready, on_receipt
         self.closing = threading.Event()
         self.fallback = False
         self._proto = mqtt.MQTTv5 if settings.protocol in ("5", "auto") else mqtt.MQTTv311
@@ -103,6 +107,7 @@ class MqttTransport:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         return c
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
@@ -115,6 +120,8 @@ class MqttTransport:
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.protocol = "5" if self._proto == mqtt.MQTTv5 else "3.1.1"
+        if self.s.receipts:
+            client.subscribe(self.t["receipts"], qos=1)
         client.publish(self.t["status"], self._status("online"), qos=1, retain=True)
         log.info("connected to %s:%s (MQTT %s)", self.s.host, self.s.port, self.stats.protocol)
         self.on_ready()
@@ -130,6 +137,13 @@ class MqttTransport:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         self.on_ack(mid, reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        if msg.topic == self.t["receipts"] and self.on_receipt:
+            try:
+                self.on_receipt(msg.payload)
+            except Exception as e:  # a bad receipt must never stop the connection's thread
+                log.warning("receipt not understood: %s", e)
 
     @property
     def connected(self) -> bool:

@@ -1,7 +1,10 @@
 """Durable outbox: every read is committed to SQLite (WAL, synchronous=FULL) before it counts.
 
-A publisher takes the oldest records, sends them, and deletes each only after the broker has
-acknowledged it. Records survive broker outages, kill -9 and power loss. The outbox is bounded by
+A publisher takes the oldest records and sends them. With receipts (the default for a provisioned
+device) a record leaves the outbox only when the collector says it has committed it: the broker's
+PUBACK only schedules a re-send, later and later (RECEIPT_WAIT_S doubling up to RECEIPT_WAIT_MAX_S),
+for as long as no receipt comes. Without receipts the PUBACK deletes it. Records survive broker
+outages and crashes, kill -9 and power loss. The outbox is bounded by
 age and size; every record it has to drop is counted (by reason) in the same database, so the loss
 is reported, never silent.
 """
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("edge.outbox")
+RECEIPT_WAIT_S = 30.0  # after the broker took a record, how long to wait for the collector's receipt
+RECEIPT_WAIT_MAX_S = 3600.0  # the wait doubles with each send, up to this
 CLOCK_STEP_S = 120.0  # a wall-clock move this much beyond the steady clock's is a step (NTP slews far less)
 
 
@@ -32,7 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     created REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -68,6 +74,7 @@ class Outbox:
         min_free_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         steady: Callable[[], float] | None = None,
+        receipts: bool = False,
     ):
         """`clock` stamps records (wall time, seconds); `steady` is a clock the wall clock's steps do not
         move (default: CLOCK_BOOTTIME when `clock` is the system's wall clock; None: no step correction).
@@ -81,6 +88,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.clock = clock
+        self.receipts = receipts
         self.lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +96,9 @@ class Outbox:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
+            if "due" not in cols:  # an outbox written before receipts
+                self.db.execute("ALTER TABLE outbox ADD COLUMN due REAL")
             # records with a higher seq were stamped by this process, under the clock it watches
             self._first_own_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0] + 1
         except (sqlite3.Error, OSError) as e:
@@ -160,10 +171,12 @@ class Outbox:
     # -------------------------------------------------------------- reading
 
     def peek(self, limit: int = 50) -> list[Item]:
-        """Oldest records first."""
+        """Oldest records first, of those due to be sent: never sent, or sent and still without a
+        receipt when their wait ran out."""
         with self.lock:
             rows = self.db.execute(
-                "SELECT seq, read_id, topic, payload, created, attempts FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, read_id, topic, payload, created, attempts FROM outbox WHERE due IS NULL OR due <= ? "
+                "ORDER BY seq LIMIT ?", (self.clock(), limit)
             ).fetchall()
         return [Item(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
 
@@ -172,11 +185,49 @@ class Outbox:
             self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
 
     def ack(self, seq: int) -> None:
-        """The broker acknowledged this record: delete it."""
+        """The broker acknowledged this record. Without receipts: delete it. With receipts: it waits
+        for the collector's receipt, and is sent again if none comes in time."""
         with self.lock:
-            n = self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
-            if n:
-                self._bump("delivered", n)
+            if not self.receipts:
+                n = self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+                if n:
+                    self._bump("delivered", n)
+                return
+            row = self.db.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if row:
+                wait = min(RECEIPT_WAIT_S * 2 ** max(0, int(row[0]) - 1), RECEIPT_WAIT_MAX_S)
+                self.db.execute("UPDATE outbox SET due = ? WHERE seq = ?", (self.clock() + wait, seq))
+
+    def receipt(self, stored: list[str], refused: list[str] | None = None) -> int:
+        """The collector committed `stored` (or already had them), and refused `refused` for good
+        (a record it can never take; counted as dropped_refused). Both leave the outbox; the number
+        that did is returned."""
+        n = 0
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for ids, counter in ((stored, "delivered"), (refused or [], "dropped_refused")):
+                    k = 0
+                    for rid in ids:
+                        k += self.db.execute("DELETE FROM outbox WHERE read_id = ?", (rid,)).rowcount
+                    if k:
+                        self._bump(counter, k)
+                    n += k
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        return n
+
+    def awaiting_receipt(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM outbox WHERE due IS NOT NULL").fetchone()[0]
+
+    def next_due(self) -> float | None:
+        """When the next record waiting for a receipt is sent again (None: nothing waits)."""
+        with self.lock:
+            r = self.db.execute("SELECT MIN(due) FROM outbox WHERE due IS NOT NULL").fetchone()
+        return r[0] if r else None
 
     def backlog(self) -> int:
         with self.lock:
@@ -185,7 +236,7 @@ class Outbox:
     def counters(self) -> dict[str, int]:
         with self.lock:
             c = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
-        for k in ("accepted", "delivered", "dropped_age", "dropped_space"):
+        for k in ("accepted", "delivered", "dropped_age", "dropped_space", "dropped_refused"):
             c.setdefault(k, 0)
         return c
 

@@ -13,6 +13,13 @@ SD card's boot partition:
   or, with --password: mqtt-password (0600) instead of device.crt/device.key, and a line to add
   to the broker's password file (`broker-passwd.line`, PBKDF2-SHA512 as mosquitto_passwd writes it).
 
+The CA folder holds two authorities: `ca` signs the broker's certificate and the devices', and
+`collectors-ca` signs only collectors'. The broker takes devices on one listener (their CA; the
+certificate's CN is their username and their client id) and collectors on another (the collectors'
+CA), so no device certificate, whatever its name, can act as a collector or take a collector's MQTT
+session. `devices.crl` lists the device certificates `edge provision revoke` has withdrawn; every
+device certificate issued is kept in `issued/` to be revocable by name.
+
 Every step writes its files under temporary names and renames them into place at the end: a step
 that fails leaves nothing behind, so it can simply be run again.
 """
@@ -96,10 +103,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650) -> Path:
-    ca_dir = Path(ca_dir).absolute()
-    if (ca_dir / "ca.key").exists():
-        raise ProvisionError(f"a CA already exists in {ca_dir} (refusing to overwrite ca.key)")
+def _self_signed(name: str, days: int):
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()
@@ -112,26 +116,74 @@ def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650
                                          encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _crl(ca_key, ca_cert, serials: list[int], days: int = 3650) -> bytes:
+    now = _now()
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+         .next_update(now + dt.timedelta(days=days)))
+    for n in serials:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(n).revocation_date(now).build())
+    return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650) -> Path:
+    """The deployment's CA folder: the devices' and broker's CA, the collectors' CA and an empty
+    revocation list. A folder made before the collectors had their own CA gets what it lacks."""
+    ca_dir = Path(ca_dir).absolute()
+    have = {n for n in ("ca.key", "collectors-ca.key", "devices.crl") if (ca_dir / n).exists()}
+    if len(have) == 3:
+        raise ProvisionError(f"a CA already exists in {ca_dir} (refusing to overwrite ca.key)")
     with _writing(ca_dir) as files:
-        files["ca.key"] = (_key_pem(key), True)
-        files["ca.crt"] = (_cert_pem(cert), False)
+        if "ca.key" in have:
+            key, cert = _load_ca(ca_dir)
+        else:
+            key, cert = _self_signed(name, days)
+            files["ca.key"] = (_key_pem(key), True)
+            files["ca.crt"] = (_cert_pem(cert), False)
+        if "collectors-ca.key" not in have:
+            ckey, ccert = _self_signed(f"{name}: collectors", days)
+            files["collectors-ca.key"] = (_key_pem(ckey), True)
+            files["collectors-ca.crt"] = (_cert_pem(ccert), False)
+        if "devices.crl" not in have:
+            files["devices.crl"] = (_crl(key, cert, []), False)
     return ca_dir / "ca.crt"
 
 
-def _load_ca(ca_dir: Path):
-    if not (ca_dir / "ca.key").exists() or not (ca_dir / "ca.crt").exists():
-        raise ProvisionError(f"no CA in {ca_dir}: run `edge provision ca --ca-dir {ca_dir}` first")
+def _load_ca(ca_dir: Path, which: str = "ca"):
+    if not (ca_dir / f"{which}.key").exists() or not (ca_dir / f"{which}.crt").exists():
+        what = "CA" if which == "ca" else "collectors' CA"
+        hint = "" if which == "ca" or not (ca_dir / "ca.key").exists() else " (a CA folder made before collectors had their own CA: it adds it)"
+        raise ProvisionError(f"no {what} in {ca_dir}: run `edge provision ca --ca-dir {ca_dir}` first{hint}")
     try:
-        key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
-        cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((ca_dir / f"{which}.key").read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate((ca_dir / f"{which}.crt").read_bytes())
     except (ValueError, TypeError) as e:
-        raise ProvisionError(f"{ca_dir}: ca.key / ca.crt are not a PEM key and certificate ({e})") from None
+        raise ProvisionError(f"{ca_dir}: {which}.key / {which}.crt are not a PEM key and certificate ({e})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ProvisionError(f"{ca_dir}: ca.key is not an EC key (edge provision ca makes P-256 keys)")
+        raise ProvisionError(f"{ca_dir}: {which}.key is not an EC key (edge provision ca makes P-256 keys)")
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.public_numbers() != key.public_key().public_numbers():
-        raise ProvisionError(f"{ca_dir}: ca.key is not the key of ca.crt")
+        raise ProvisionError(f"{ca_dir}: {which}.key is not the key of {which}.crt")
     return key, cert
+
+
+def revoke(ca_dir: Path, device_id: str) -> tuple[Path, int]:
+    """Add the device's certificate(s) to devices.crl (re-signed); (the CRL, how many it lists)."""
+    ca_dir = Path(ca_dir).absolute()
+    key, cert = _load_ca(ca_dir)
+    issued = sorted((ca_dir / "issued").glob(f"{device_id}.*.crt")) if DEVICE_ID.match(device_id) else []
+    if not issued:
+        raise ProvisionError(f"no certificate issued to a device {device_id!r} in {ca_dir / 'issued'}")
+    crl_path = ca_dir / "devices.crl"
+    old = x509.load_pem_x509_crl(crl_path.read_bytes()) if crl_path.exists() else None
+    serials = {r.serial_number for r in old} if old is not None else set()
+    serials |= {x509.load_pem_x509_certificate(f.read_bytes()).serial_number for f in issued}
+    tmp = crl_path.with_name(".devices.crl.new")
+    tmp.write_bytes(_crl(key, cert, sorted(serials)))
+    os.replace(tmp, crl_path)
+    return crl_path, len(serials)
 
 
 def _san(name: str):
@@ -143,10 +195,11 @@ def _san(name: str):
         return x509.DNSName(name)
 
 
-def _leaf(ca_dir: Path, cn: str, server_names: list[str] | None, days: int):
-    """A new key and its certificate, signed by the CA: a client certificate, or a server one with SANs."""
+def _leaf(ca_dir: Path, cn: str, server_names: list[str] | None, days: int, issuer: str = "ca"):
+    """A new key and its certificate, signed by the CA (`issuer`: ca or collectors-ca): a client
+    certificate, or a server one with SANs."""
     ca_dir = Path(ca_dir).absolute()
-    ca_key, ca_cert = _load_ca(ca_dir)
+    ca_key, ca_cert = _load_ca(ca_dir, issuer)
     if not cn or len(cn) > 64:
         raise ProvisionError(f"name {cn!r}: 1 to 64 characters")
     key = _new_key()
@@ -164,10 +217,22 @@ def _leaf(ca_dir: Path, cn: str, server_names: list[str] | None, days: int):
     return key, b.sign(ca_key, hashes.SHA256())
 
 
-def issue_cert(ca_dir: Path, out_dir: Path, stem: str, cn: str, server_names: list[str] | None = None, days: int = 825) -> tuple[Path, Path]:
+COLLECTOR_NAME = re.compile(r"^collector[A-Za-z0-9._-]{0,54}$")
+
+
+def issue_collector_cert(ca_dir: Path, out_dir: Path, name: str, days: int = 825) -> tuple[Path, Path]:
+    """A collector's client certificate, from the collectors' CA; the name starts with `collector`."""
+    if not COLLECTOR_NAME.match(name):
+        raise ProvisionError(f"collector name {name!r}: starts with 'collector' (e.g. collector, collector-2), "
+                             "then letters, digits, '.', '_' or '-'")
+    return issue_cert(ca_dir, out_dir, name, name, issuer="collectors-ca", days=days)
+
+
+def issue_cert(ca_dir: Path, out_dir: Path, stem: str, cn: str, server_names: list[str] | None = None, days: int = 825,
+               issuer: str = "ca") -> tuple[Path, Path]:
     """Write `stem`.key and `stem`.crt into out_dir (refusing to overwrite either)."""
     out_dir = Path(out_dir).absolute()
-    key, cert = _leaf(ca_dir, cn, server_names, days)
+    key, cert = _leaf(ca_dir, cn, server_names, days, issuer)
     with _writing(out_dir) as files:
         files[f"{stem}.key"] = (_key_pem(key), True)
         files[f"{stem}.crt"] = (_cert_pem(cert), False)
@@ -220,7 +285,8 @@ def device_toml(spec: DeviceSpec, etc: str = "/etc/edge") -> str:
         f'site = "{esc(spec.site)}"' if spec.site else "# site = \"\"", f'mounting = "{spec.mounting}"',
         f'source = "{esc(spec.camera_source)}"', "",
         "[gps]", *gps_lines, "",
-        "[mqtt]", f'host = "{esc(spec.broker_host)}"', f"port = {spec.broker_port}", "tls = true", f'cafile = "{etc}/ca.crt"', *auth, "",
+        "[mqtt]", f'host = "{esc(spec.broker_host)}"', f"port = {spec.broker_port}", "tls = true", f'cafile = "{etc}/ca.crt"', *auth,
+        "receipts = true  # a read leaves the outbox when the collector has stored it, not when the broker took it", "",
     ])
 
 
@@ -229,8 +295,8 @@ def make_bundle(ca_dir: Path, out: Path, spec: DeviceSpec) -> Path:
     if not DEVICE_ID.match(spec.device_id):
         raise ProvisionError(f"device id {spec.device_id!r}: letters, digits, '.', '_' and '-' only (max 63)")
     if RESERVED_DEVICE_IDS.match(spec.device_id):
-        raise ProvisionError(f"device id {spec.device_id!r} is reserved: the broker's ACL gives names starting with "
-                             "'collector' the collector's rights (edge provision client collector is the collector's certificate)")
+        raise ProvisionError(f"device id {spec.device_id!r} is reserved: names starting with 'collector' are the "
+                             "collectors' (edge provision client collector makes a collector's certificate)")
     if not spec.owner.strip():
         raise ProvisionError("--owner is required: who answers for this camera's reads")
     if out.exists() and any(out.iterdir()):
@@ -249,4 +315,8 @@ def make_bundle(ca_dir: Path, out: Path, spec: DeviceSpec) -> Path:
     files["hostname"] = ((spec.device_id + "\n").encode(), False)
     with _writing(out) as w:
         w.update(files)
+    if not spec.password:  # kept by serial, so that `edge provision revoke` can name it
+        issued = ca_dir / "issued"
+        issued.mkdir(mode=0o700, exist_ok=True)
+        (issued / f"{spec.device_id}.{cert.serial_number:x}.crt").write_bytes(_cert_pem(cert))
     return out

@@ -27,6 +27,7 @@ GpsKind = Literal["gpsd", "nmea", "fixed", "none"]
 Mounting = Literal["fixed", "vehicle"]
 
 SCHEMA_ID = "lpr.read/1"
+MAX_RECORD_BYTES = 512 * 1024  # a read's JSON at most (the collector refuses more; the broker, 600 KiB packets)
 SCHEMA_FILE = Path(__file__).parent / "schema" / "read-v1.json"
 MAX_PLATE_JPEG = 64 * 1024
 MAX_VEHICLE_JPEG = 256 * 1024
@@ -65,20 +66,24 @@ Conf = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # types exactly as written (no "3" for 3), finite numbers only: NaN and Infinity are not JSON
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Candidate(Strict):
     text: Text
     confidence: Conf
-    votes: int = Field(ge=1)
+    votes: int = Field(ge=1, le=100_000)
+
+
+Pixel = Annotated[float, Field(ge=-100_000, le=100_000)]
 
 
 class Box(Strict):
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    x1: Pixel
+    y1: Pixel
+    x2: Pixel
+    y2: Pixel
 
 
 class Plate(Strict):
@@ -104,7 +109,7 @@ UtcTime = Annotated[datetime, Field(strict=True)]
 class Track(Strict):
     first_seen: UtcTime
     last_seen: UtcTime
-    frames: int = Field(ge=1)
+    frames: int = Field(ge=1, le=10_000_000)
     direction: Direction = "unknown"
     lateral: Lateral = "none"
     heading_deg: float | None = Field(default=None, ge=0, lt=360, description="vehicle-mounted: GPS heading at the read")
@@ -114,11 +119,11 @@ class Gps(Strict):
     status: GpsStatus
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
-    alt_m: float | None = None
+    alt_m: float | None = Field(default=None, ge=-1_000, le=100_000)
     mode: int | None = Field(default=None, ge=0, le=3, description="gpsd fix mode: 0/1 none, 2 2D, 3 3D")
-    fix_age_s: float | None = Field(default=None, ge=0)
-    accuracy_m: float | None = Field(default=None, ge=0)
-    speed_mps: float | None = Field(default=None, ge=0)
+    fix_age_s: float | None = Field(default=None, ge=0, le=1e9)
+    accuracy_m: float | None = Field(default=None, ge=0, le=1e7)
+    speed_mps: float | None = Field(default=None, ge=0, le=1_000)
     heading_deg: float | None = Field(default=None, ge=0, lt=360)
     source: GpsKind = "none"
 
@@ -150,7 +155,7 @@ class Read(Strict):
     camera: Camera
     device: Device
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
 
     @field_validator("time")
     @classmethod

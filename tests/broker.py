@@ -50,6 +50,7 @@ class Broker:
             f"{'user root' if os.geteuid() == 0 else ''}\n{extra_conf}"
         )
         self.proc: subprocess.Popen | None = None
+        self.collector_port: int | None = None  # collector_broker: the collectors' listener
 
     def start(self) -> Broker:
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -71,17 +72,21 @@ class Broker:
 
 
 def collector_broker(workdir: Path, ca_dir: Path, server_dir: Path) -> Broker:
-    """deploy/collector/mosquitto.conf as shipped (TLS, client certificates required, the
-    certificate's CN as username, the edge.acl patterns), on a free loopback port with the given
-    CA and server certificate, started."""
+    """deploy/collector/mosquitto.conf as shipped (two TLS listeners: devices with certificates from
+    ca.crt, CN = username = client id, edge.acl; collectors with certificates from collectors-ca.crt,
+    collectors.acl), on free loopback ports (`port` the devices', `collector_port` the collectors')
+    with the given CA folder and server certificate, started."""
     root = Path(__file__).resolve().parents[1]
+    b = Broker(workdir)
+    b.collector_port = free_port()
     conf = (root / "deploy" / "collector" / "mosquitto.conf").read_text()
-    conf = "\n".join(line for line in conf.splitlines() if not line.startswith(("listener", "persistence_location", "acl_file",
-                                                                                   "cafile", "certfile", "keyfile", "persistence")))
-    conf += (f"\ncafile {ca_dir}/ca.crt\ncertfile {server_dir}/server.crt\nkeyfile {server_dir}/server.key\n"
-             f"acl_file {root}/deploy/collector/edge.acl\n")
-    b = Broker(workdir, extra_conf=conf.replace("allow_anonymous false", ""))
-    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    for old, new in (("listener 8883", f"listener {b.port} 127.0.0.1"), ("listener 8884", f"listener {b.collector_port} 127.0.0.1"),
+                     ("/var/lib/mosquitto/", f"{workdir}/"), ("/etc/mosquitto/edge/server.", f"{server_dir}/server."),
+                     ("/etc/mosquitto/edge/edge.acl", f"{root}/deploy/collector/edge.acl"),
+                     ("/etc/mosquitto/edge/collectors.acl", f"{root}/deploy/collector/collectors.acl"),
+                     ("/etc/mosquitto/edge/", f"{ca_dir}/")):
+        conf = conf.replace(old, new)
+    b.conf.write_text(f"log_dest file {workdir}/mosquitto.log\n{'user root' if os.geteuid() == 0 else ''}\n{conf}")
     return b.start()
 
 

@@ -261,7 +261,7 @@ def boot_image(img: Path, work: Path, timeout: float = BOOT_TIMEOUT_S) -> dict:
                     f"seek={root['start'] * 512}"], check=True)
     part.unlink()
 
-    col = Client(broker.port, work, work / "collector", "collector", "collector-qemu")
+    col = Client(broker.collector_port, work, work / "collector", "collector", "collector-qemu")
     got: dict = {"status": [], "reads": []}
     col.c.on_message = lambda c, u, m: got["status" if m.topic.endswith("/status") else "reads"].append(json.loads(m.payload))
     col.c.subscribe("lpr/v1/+/status", qos=1)

@@ -88,7 +88,7 @@ class Client:
 def test_broker_acl_devices_own_topics_only(tmp_path, deployment):
     d = deployment
     b = collector_broker(tmp_path / "broker", d / "ca", d / "server")
-    col = Client(b.port, d, d / "collector", "collector", "collector-1")
+    col = Client(b.collector_port, d, d / "collector", "collector", "collector-1")
     a = Client(b.port, d, d / "dev-a", "device", "dev-a")
     try:
         col.c.subscribe("$share/collectors/lpr/v1/+/reads", qos=1)

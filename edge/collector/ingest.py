@@ -18,20 +18,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from pydantic import ValidationError
 
 from edge.collector import SESSION_EXPIRY_S
-from edge.collector.store import Store
+from edge.collector.store import Store, sha256
 from edge.plates import fold
-from edge.record import SCHEMA_ID, Read
+from edge.record import MAX_RECORD_BYTES, SCHEMA_ID, Read
 
 log = logging.getLogger("edge.collector")
 
-MAX_PAYLOAD = 512 * 1024
+MAX_PAYLOAD = MAX_RECORD_BYTES
+
+
 def fuzzy_key(text: str) -> str:
     """Fold the letters readers confuse with digits (edge.plates.fold), so O/0, I/1, Z/2, S/5, B/8 read alike."""
     return fold(text)
@@ -84,6 +86,33 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# characters no field of a record holds: C0/C1 controls (a newline could forge a line of `edge query`),
+# and the line/paragraph separators and bidirectional overrides that reorder or break what is shown
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _loose(obj, where: str = "") -> str | None:
+    """What in the parsed JSON the schema's types cannot say: null (a field is left out instead),
+    unprintable characters in any string. None when there is nothing."""
+    if obj is None:
+        return f"null at {where or 'top level'}: leave the field out instead"
+    if isinstance(obj, str):
+        return f"control or unprintable characters in {where}" if _UNPRINTABLE.search(obj) else None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if _UNPRINTABLE.search(k):
+                return f"control or unprintable characters in a field name under {where or 'top level'}"
+            bad = _loose(v, f"{where}.{k}" if where else k)
+            if bad:
+                return bad
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            bad = _loose(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
 def validate(payload: bytes, topic: str | None = None) -> Read:
     """The record, or Reject with a one-line reason."""
     if len(payload) > MAX_PAYLOAD:
@@ -101,6 +130,9 @@ def validate(payload: bytes, topic: str | None = None) -> Read:
         raise Reject("not a JSON object")
     if _CONTROL.search(payload):
         raise Reject("control characters in text fields")
+    bad = _loose(obj)
+    if bad:
+        raise Reject(bad)
     schema = obj.get("schema")
     if schema != SCHEMA_ID:
         raise Reject(f"wrong schema version: {str(schema)[:40]!r} (expected {SCHEMA_ID})")
@@ -130,11 +162,19 @@ def validate(payload: bytes, topic: str | None = None) -> Read:
 MAX_AHEAD_MS = 10 * 60_000  # how far ahead of the collector's clock a device's time may be
 
 
-def to_row(rec: Read, store: Store, now_ms: int) -> dict:
-    imgs = {}
+def to_row(rec: Read, now_ms: int) -> tuple[dict, dict[str, bytes]]:
+    """The reads row, and the images it names (by SHA-256) for the store to keep."""
+    imgs: dict[str, str | None] = {}
+    blobs: dict[str, bytes] = {}
     for name in ("plate_jpeg", "vehicle_jpeg"):
         b64 = getattr(rec.images, name)
-        imgs[name] = store.put_image(base64.b64decode(b64)) if b64 else None
+        if b64:
+            raw = base64.b64decode(b64)
+            h = sha256(raw)
+            imgs[name] = h
+            blobs[h] = raw
+        else:
+            imgs[name] = None
     # the stored record keeps the image hashes instead of the bytes
     d = rec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"images"})
     d["images"] = {k: v for k, v in imgs.items() if v}
@@ -157,7 +197,19 @@ def to_row(rec: Read, store: Store, now_ms: int) -> dict:
         "vehicle_image": imgs["vehicle_jpeg"],
         "record": json.dumps(d, separators=(",", ":")),
         "received": now_ms,
-    }
+    }, blobs
+
+
+_READ_ID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
+
+
+def claimed_read_id(payload: bytes) -> str | None:
+    """The read_id a refused message claims, if it names one that looks like a read id."""
+    try:
+        rid = json.loads(payload).get("read_id")
+    except (ValueError, AttributeError, RecursionError, UnicodeDecodeError):
+        return None
+    return rid if isinstance(rid, str) and _READ_ID.match(rid) else None
 
 
 @dataclass
@@ -165,6 +217,9 @@ class IngestResult:
     stored: int = 0
     duplicate: int = 0
     rejected: int = 0
+    conflict: int = 0
+    # per message: (topic, read_id or None, "stored" | "duplicate" | "rejected" | "conflict")
+    outcomes: list[tuple[str, str | None, str]] = field(default_factory=list)
 
 
 class Ingestor:
@@ -185,19 +240,31 @@ class Ingestor:
                 except Reject as e:
                     self.store.insert_reject(now, topic, str(e), payload)
                     res.rejected += 1
+                    res.outcomes.append((topic, claimed_read_id(payload), "rejected"))
                     continue
-                if self.store.insert_read(to_row(rec, self.store, now)):
+                row, blobs = to_row(rec, now)
+                if self.store.insert_read(row):
+                    for data in blobs.values():
+                        self.store.put_image(data)
                     res.stored += 1
+                    res.outcomes.append((topic, rec.read_id, "stored"))
                     self.lag_ms.append(now - rec.time.timestamp() * 1000)
+                    continue
+                old = self.store.one("SELECT record FROM reads WHERE read_id = ?", (rec.read_id,))
+                if old is not None and old[0] != row["record"]:
+                    # the same id with other content: a forgery or a device bug, never a re-send
+                    self.store.insert_reject(now, topic, f"conflict: read_id {rec.read_id} is stored with other content "
+                                                         "(a forged or corrupted record)", payload)
+                    res.conflict += 1
+                    res.outcomes.append((topic, rec.read_id, "conflict"))
+                    log.warning("possible forgery on %s: read_id %s reused with other content", topic, rec.read_id)
                 else:
                     res.duplicate += 1
+                    res.outcomes.append((topic, rec.read_id, "duplicate"))
             self.store.bump("received", len(batch))
-            if res.stored:
-                self.store.bump("stored", res.stored)
-            if res.duplicate:
-                self.store.bump("duplicate", res.duplicate)
-            if res.rejected:
-                self.store.bump("rejected", res.rejected)
+            for name in ("stored", "duplicate", "rejected", "conflict"):
+                if getattr(res, name):
+                    self.store.bump(name, getattr(res, name))
         return res
 
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
@@ -214,6 +281,7 @@ class Ingestor:
             "stored": c.get("stored", 0),
             "duplicate": c.get("duplicate", 0),
             "rejected": c.get("rejected", 0),
+            "conflict": c.get("conflict", 0),  # a stored read_id sent again with other content: possible forgery
             "lag_ms_median": round(statistics.median(self.lag_ms), 1) if self.lag_ms else None,
         }
 
@@ -293,12 +361,26 @@ class Collector:
                     batch.append(self.q.get(timeout=max(0.0, end - time.monotonic())))
                 except queue.Empty:
                     break
-            self._store(batch)
+            outcomes = self._store(batch)
+            self._send_receipts(outcomes)
             for _, _, mid, qos in batch:
                 if qos > 0:
                     self.client.ack(mid, qos)
 
-    def _store(self, batch) -> None:
+    def _send_receipts(self, outcomes: list[tuple[str, str | None, str]]) -> None:
+        """After the commit: tell each device which of its reads are stored (or were already), and
+        which will never be (refused: malformed, or a read_id reused with other content), on its own
+        receipts topic. A receipt lost on the way only makes the device send again, harmlessly."""
+        per: dict[str, dict[str, list[str]]] = {}
+        for topic, rid, what in outcomes:
+            if rid is None or not topic.endswith("/reads"):
+                continue
+            r = per.setdefault(topic[: -len("reads")] + "receipts", {"stored": [], "refused": []})
+            r["stored" if what in ("stored", "duplicate") else "refused"].append(rid)
+        for topic, body in per.items():
+            self.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+
+    def _store(self, batch) -> list[tuple[str, str | None, str]]:
         """Commit the batch before any PUBACK. Storage trouble is retried (the messages are held,
         never dropped); a message that fails on its own after that goes to rejects, so one bad
         message cannot stall the stream."""
@@ -306,17 +388,17 @@ class Collector:
         delay = 0.5
         for _attempt in range(6):
             try:
-                self.ing.ingest(msgs)
-                return
+                return self.ing.ingest(msgs).outcomes
             except Exception as e:
                 log.error("storing a batch of %d failed (%s); retrying in %.1f s", len(msgs), e, delay)
                 self.ing.store.recover()
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        outcomes: list[tuple[str, str | None, str]] = []
         for m in msgs:  # one at a time: find the message the store cannot take
             while True:
                 try:
-                    self.ing.ingest([m])
+                    outcomes += self.ing.ingest([m]).outcomes
                     break
                 except Exception as e:
                     self.ing.store.recover()
@@ -327,6 +409,7 @@ class Collector:
                         log.error("store unavailable (%s); holding the message", e2)
                         time.sleep(5.0)
                         self.ing.store.recover()
+        return outcomes  # a message the store failed on gets no receipt: its device sends it again later
 
     def abandon(self) -> None:
         """Disconnect and end the session on the broker (expiry 0), so that a failed or trial start

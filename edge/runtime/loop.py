@@ -119,6 +119,7 @@ class FrameLoop:
         h.provide("frames_dropped", lambda: self.frames.dropped)
         h.provide("queue_depth", self.frames.qsize)
         h.provide("outbox_backlog", outbox.backlog)
+        h.provide("receipts_pending", outbox.awaiting_receipt)
         h.provide("outbox", outbox.counters)
         h.provide("gps", records.gps.state)
         h.provide("source", source.stats)

@@ -1,5 +1,6 @@
 """The publisher: the outbox drained through the MQTT transport (edge.mqtt) at QoS 1, a record deleted
-only after the broker's PUBACK, and a periodic health message."""
+only after the collector's receipt (or, with receipts off, the broker's PUBACK), and a periodic
+health message."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 from edge.mqtt import MqttSettings, MqttTransport, PublisherStats
 from edge.outbox import Outbox
+from edge.record import MAX_RECORD_BYTES
 
 log = logging.getLogger("edge.mqtt")
 
@@ -76,6 +78,11 @@ class OutboxDrain:
         for item in self.outbox.peek(limit=room + len(busy)):
             if item.seq in busy:
                 continue
+            if len(item.payload) > MAX_RECORD_BYTES:  # the broker would drop the connection, again and again
+                self.outbox.receipt([], [item.read_id])
+                log.error("read %s is %d bytes, over the %d a record may have: dropped (counted as dropped_refused)",
+                          item.read_id, len(item.payload), MAX_RECORD_BYTES)
+                continue
             if not transport.connected:
                 return
             with self._lock:  # acknowledged since the snapshot above: do not send it again
@@ -127,7 +134,8 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self.drain = OutboxDrain(outbox, settings.max_inflight, self._wake.set)
         self.transport = MqttTransport(settings, device_id, on_ack=self.drain.acked, on_lost=self.drain.lost,
-                                       on_ready=self._wake.set)
+                                       on_ready=self._wake.set, on_receipt=self._receipt)
+        self.receipts_seen = 0
         self.drain.stats = self.transport.stats
         self.t = self.transport.t
 
@@ -139,6 +147,24 @@ class Publisher:
         self.transport.start()
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
+
+    def _receipt(self, payload: bytes) -> None:
+        """The collector's word on reads it committed (or will never take): they leave the outbox."""
+        d = json.loads(payload)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        ids = {}
+        for k in ("stored", "refused"):
+            v = d.get(k, [])
+            if not isinstance(v, list) or len(v) > 10_000 or not all(isinstance(x, str) and len(x) <= 64 for x in v):
+                raise ValueError(f"{k}: expected a list of read ids")
+            ids[k] = v
+        n = self.outbox.receipt(ids["stored"], ids["refused"])
+        self.receipts_seen += n
+        if ids["refused"]:
+            log.warning("the collector refused %d read(s) for good: %s", len(ids["refused"]), ", ".join(ids["refused"][:5]))
+        if n:
+            self._wake.set()
 
     def notify(self) -> None:
         """A new record is in the outbox."""

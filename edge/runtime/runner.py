@@ -64,6 +64,7 @@ def mqtt_settings(cfg: Config) -> MqttSettings:
         topic_prefix=m.topic_prefix, username=m.username, password=password, tls=m.tls,
         cafile=str(m.cafile) if m.cafile else None, certfile=str(m.certfile) if m.certfile else None,
         keyfile=str(resolve_secret(m.keyfile)) if m.keyfile else None, health_interval_s=m.health_interval_s,
+        receipts=m.receipts,
     )
 
 
@@ -140,11 +141,11 @@ class Runner:
         outbox_path, scratch = self._outbox_path(source_spec)
         try:
             outbox = Outbox(outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
-                            min_free_bytes=int(cfg.outbox.min_free_mb * 1e6))
+                            min_free_bytes=int(cfg.outbox.min_free_mb * 1e6), receipts=cfg.mqtt.receipts and self.o.publish)
         except OutboxError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
         state_key = None
-        start_frame, utc0 = 0, None
+        start_frame, utc0, ended = 0, None, False
         if self.o.replay:
             p = Path(source_spec)
             if p.is_file():
@@ -152,9 +153,13 @@ class Runner:
                 saved = outbox.get_state(state_key)
                 if saved and not self.o.restart:
                     st = json.loads(saved)
-                    start_frame, utc0 = int(st["resume"]), datetime.fromisoformat(st["utc0"])
-                    print(f"edge replay: resuming {p} at frame {start_frame}: the last replay of it was interrupted "
-                          "(--restart starts over)", file=sys.stderr)
+                    start_frame, utc0, ended = int(st["resume"]), datetime.fromisoformat(st["utc0"]), bool(st.get("ended"))
+                    if ended:
+                        print(f"edge replay: {p} was read to its end by the last replay, which stopped before its reads "
+                              f"were all delivered: sending the {outbox.backlog()} left (--restart starts over)", file=sys.stderr)
+                    else:
+                        print(f"edge replay: resuming {p} at frame {start_frame}: the last replay of it was interrupted "
+                              "(--restart starts over)", file=sys.stderr)
         source: FrameSource
         try:
             if state_key:
@@ -200,19 +205,18 @@ class Runner:
         code = EXIT_OK
         failure: Exception | None = None
         try:
-            pl.run()
+            if not ended:
+                pl.run()
         except Exception as e:  # the run ends, but what was read is kept and still sent below
             failure = e
             log.exception("pipeline failed")
             pl.stop()
         sd.send("STOPPING=1")
-        if state_key and failure is None:
-            # a replay that ended, or was stopped (Ctrl-C, SIGTERM), starts afresh next time; only a
-            # crash (kill -9, power loss) leaves its position for the next run to resume from
-            outbox.set_state(state_key, None)
-            if self.stop_event.is_set():
-                print(f"edge replay: stopped at frame {pl.health['captured']}; the next replay of this clip starts from "
-                      "the beginning", file=sys.stderr)
+        if state_key and failure is None and not self.stop_event.is_set():
+            # read to the end: until every read is delivered, a restart sends what is left and reads nothing
+            # again (a fresh play would make the same passes again, at other times, under other ids)
+            t0 = source.utc0 if isinstance(source, VideoFileSource) and source.utc0 else utc0 or datetime.now(UTC)
+            outbox.set_state(state_key, json.dumps({"resume": start_frame, "utc0": t0.isoformat(), "ended": True}))
         if failure is not None:
             code = EXIT_RUNTIME
             print(f"edge: error: {type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''} "
@@ -230,6 +234,13 @@ class Runner:
                 code = code or EXIT_BROKER
         gps.stop()
         done = failure is None and (pub is None or outbox.backlog() == 0)
+        if state_key and done:
+            # every read delivered: the next replay of this clip plays it afresh. A replay stopped (Ctrl-C,
+            # SIGTERM) with reads left, or a crash (kill -9, power loss), leaves its position to resume from
+            outbox.set_state(state_key, None)
+            if self.stop_event.is_set():
+                print(f"edge replay: stopped at frame {pl.health['captured']}; the next replay of this clip starts from "
+                      "the beginning", file=sys.stderr)
         outbox.close()
         if scratch and done:  # nothing left to deliver, no position to resume: the replay's own outbox goes
             for f in (outbox_path, Path(f"{outbox_path}-wal"), Path(f"{outbox_path}-shm")):

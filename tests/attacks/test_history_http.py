@@ -46,7 +46,7 @@ class Site:
         assert self.cli("cases", "open", "K-1", "--token", self.tokens["sam"]).returncode == 0
         self.http = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "collect", "--db", db, "--mqtt", f"127.0.0.1:{self.broker.port}",
+            [sys.executable, "-m", "edge.cli", "collect", "--db", db, "--mqtt", f"127.0.0.1:{self.broker.collector_port}",
              "--cafile", str(ca / "ca.crt"), "--certfile", str(tmp / "collector" / "collector.crt"),
              "--keyfile", str(tmp / "collector" / "collector.key"), "--http", f"127.0.0.1:{self.http}",
              "--health-interval", "1"], cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
