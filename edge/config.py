@@ -92,6 +92,8 @@ class MqttSection(Section):
     health_interval_s: float = Field(default=30, ge=1)
     receipts: bool = Field(default=False, description="keep each read until the collector's receipt says it is stored "
                                                       "(provisioned devices: on); off: until the broker's PUBACK")
+    receipt_wait_s: float = Field(default=30, ge=0.5, le=3600, description="with receipts: seconds after the broker took a "
+                                  "read before it is sent again if no receipt came (doubling with each send, up to an hour)")
 
     @model_validator(mode="after")
     def _files(self, info: ValidationInfo):
@@ -115,6 +117,19 @@ class OutboxSection(Section):
     max_age_days: float = Field(default=30, gt=0)
     max_mb: float = Field(default=512, gt=0)
     min_free_mb: float = Field(default=64, ge=0)
+    key_file: Path | None = Field(default=None, description="32-byte key that seals queued reads (AES-256-GCM); "
+                                  "credential:outbox.key on a provisioned device")
+
+    @model_validator(mode="after")
+    def _key(self, info: ValidationInfo):
+        p = resolve_secret(self.key_file)
+        if p is None or str(p).startswith("credential:"):
+            return self  # only there when systemd runs the service
+        if info.context and info.context.get("offline"):
+            info.context.setdefault("unchecked", []).append(f"outbox.key_file: {p} not checked (it lives on the device)")
+        elif not Path(p).is_file():
+            raise ValueError(f"key_file {p} does not exist (head -c 32 /dev/urandom > {p}; mode 0600)")
+        return self
 
 
 class PipelineSection(Section):

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("edge.outbox")
 RECEIPT_WAIT_S = 30.0  # after the broker took a record, how long to wait for the collector's receipt
 RECEIPT_WAIT_MAX_S = 3600.0  # the wait doubles with each send, up to this
+SEALED = b"EGCM1"  # a sealed record: this, a 12-byte nonce, AES-256-GCM ciphertext and tag
 CLOCK_STEP_S = 120.0  # a wall-clock move this much beyond the steady clock's is a step (NTP slews far less)
 
 
@@ -75,6 +77,8 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         steady: Callable[[], float] | None = None,
         receipts: bool = False,
+        receipt_wait_s: float = RECEIPT_WAIT_S,
+        key: bytes | None = None,
     ):
         """`clock` stamps records (wall time, seconds); `steady` is a clock the wall clock's steps do not
         move (default: CLOCK_BOOTTIME when `clock` is the system's wall clock; None: no step correction).
@@ -88,7 +92,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.clock = clock
-        self.receipts = receipts
+        self.receipts, self.receipt_wait_s = receipts, receipt_wait_s
         self.lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +107,56 @@ class Outbox:
             self._first_own_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0] + 1
         except (sqlite3.Error, OSError) as e:
             raise OutboxError(f"cannot open outbox {self.path}: {e}") from None
+        self._seal: Any = None  # AESGCM when a key is given
+        try:
+            self._check_key(key)
+        except BaseException:
+            self.db.close()
+            raise
         self.steady = steady if steady is not None else (_boot_clock if clock is time.time else None)
         self._anchor = (self.clock(), self.steady()) if self.steady else None
+
+    # -------------------------------------------------------------- sealing
+
+    def _check_key(self, key: bytes | None) -> None:
+        """With a key, records (images included) are sealed with AES-256-GCM, the read id as associated
+        data; the outbox remembers a check value of its key, so a wrong key is refused at open and
+        nothing queued is touched. Records queued before a key was set are still sent as they are."""
+        import hashlib
+        import hmac
+
+        check = self.db.execute("SELECT value FROM state WHERE key = 'seal'").fetchone()
+        sealed = self.db.execute("SELECT COUNT(*) FROM outbox WHERE substr(payload, 1, 5) = ?", (SEALED,)).fetchone()[0]
+        if key is None:
+            if sealed:
+                raise OutboxError(f"outbox {self.path} holds {sealed} sealed read(s): its key is needed "
+                                  "(outbox.key_file); nothing was changed")
+            return
+        if len(key) != 32:
+            raise OutboxError(f"outbox key: expected 32 bytes, got {len(key)}")
+        mine = hmac.new(key, b"edge-outbox-seal", hashlib.sha256).hexdigest()[:16]
+        if check and check[0] != mine:
+            raise OutboxError(f"outbox {self.path} was sealed with another key: this key is wrong; nothing was changed")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._seal = AESGCM(key)
+        if not check:
+            self.db.execute("INSERT INTO state (key, value) VALUES ('seal', ?)", (mine,))
+
+    def _sealed(self, read_id: str, payload: bytes) -> bytes:
+        if self._seal is None:
+            return payload
+        import os
+
+        nonce = os.urandom(12)
+        return SEALED + nonce + self._seal.encrypt(nonce, payload, read_id.encode())
+
+    def _opened(self, read_id: str, data: bytes) -> bytes:
+        if not data.startswith(SEALED):
+            return data
+        if self._seal is None:
+            raise OutboxError("a sealed record and no key")
+        return self._seal.decrypt(data[5:17], data[17:], read_id.encode())
 
     # -------------------------------------------------------------- writing
 
@@ -119,7 +171,7 @@ class Outbox:
                 self._enforce_bounds(len(payload))
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO outbox (read_id, topic, payload, created) VALUES (?, ?, ?, ?)",
-                    (read_id, topic, payload, self.clock()),
+                    (read_id, topic, self._sealed(read_id, payload), self.clock()),
                 )
                 if cur.rowcount:
                     self._bump("accepted", 1)
@@ -178,7 +230,7 @@ class Outbox:
                 "SELECT seq, read_id, topic, payload, created, attempts FROM outbox WHERE due IS NULL OR due <= ? "
                 "ORDER BY seq LIMIT ?", (self.clock(), limit)
             ).fetchall()
-        return [Item(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+        return [Item(r[0], r[1], r[2], self._opened(r[1], bytes(r[3])), r[4], r[5]) for r in rows]
 
     def mark_attempt(self, seq: int) -> None:
         with self.lock:
@@ -195,7 +247,7 @@ class Outbox:
                 return
             row = self.db.execute("SELECT attempts FROM outbox WHERE seq = ?", (seq,)).fetchone()
             if row:
-                wait = min(RECEIPT_WAIT_S * 2 ** max(0, int(row[0]) - 1), RECEIPT_WAIT_MAX_S)
+                wait = min(self.receipt_wait_s * 2 ** max(0, int(row[0]) - 1), RECEIPT_WAIT_MAX_S)
                 self.db.execute("UPDATE outbox SET due = ? WHERE seq = ?", (self.clock() + wait, seq))
 
     def receipt(self, stored: list[str], refused: list[str] | None = None) -> int:

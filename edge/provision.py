@@ -287,6 +287,7 @@ def device_toml(spec: DeviceSpec, etc: str = "/etc/edge") -> str:
         "[gps]", *gps_lines, "",
         "[mqtt]", f'host = "{esc(spec.broker_host)}"', f"port = {spec.broker_port}", "tls = true", f'cafile = "{etc}/ca.crt"', *auth,
         "receipts = true  # a read leaves the outbox when the collector has stored it, not when the broker took it", "",
+        "[outbox]", 'key_file = "credential:outbox.key"  # made on the device at first boot: queued reads are sealed with it', "",
     ])
 
 

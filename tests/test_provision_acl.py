@@ -156,6 +156,9 @@ def test_firstboot_moves_secrets_and_sets_hostname(tmp_path, deployment):
     etc = root / "etc" / "edge"
     assert oct((etc / "credentials" / "device.key").stat().st_mode & 0o777) == "0o600"
     assert (etc / "credentials" / "mqtt-password").stat().st_size == 0  # unused credential: present, empty
+    okey = etc / "credentials" / "outbox.key"  # the outbox's sealing key, made on the device
+    assert okey.stat().st_size == 32 and oct(okey.stat().st_mode & 0o777) == "0o600"
+    assert 'key_file = "credential:outbox.key"' in (etc / "device.toml").read_text()
     assert oct((etc / "device.toml").stat().st_mode & 0o777) == "0o640"
     assert not (boot / "edge-bundle").exists()  # nothing secret left on the FAT partition
     assert (root / "etc" / "hostname").read_text().strip() == "dev-a"

@@ -135,7 +135,8 @@ def test_the_readme_as_a_new_user_types_it(tmp_path, db):
     all_blocks = [b for p in readmes() for b in blocks(p)]
     (tmp_path / "readme.sh").write_text(script(all_blocks))
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path / "home"),
-           "LANG": "C.UTF-8", "PORT": str(free_port()), "HTTP_PORT": str(free_port())}
+           "LANG": "C.UTF-8", "PORT": str(free_port()), "COLLECTOR_PORT": str(free_port()),
+           "HTTP_PORT": str(free_port())}
     for keep in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE", "XDG_CACHE_HOME", "PIP_CACHE_DIR"):
         import os
 

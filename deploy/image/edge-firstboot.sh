@@ -35,6 +35,12 @@ for f in device.key mqtt-password; do
     install -m 0600 -o "$SVC_USER" -g "$SVC_USER" /dev/null "$ETC/credentials/$f"
   fi
 done
+# the key that seals the outbox's queued reads (AES-256-GCM): made here, kept with the credentials,
+# never on the boot partition and never beside the outbox in /var/lib/edge
+if [ ! -s "$ETC/credentials/outbox.key" ]; then
+  ( umask 077; head -c 32 /dev/urandom > "$ETC/credentials/outbox.key" )
+  chown "$SVC_USER:$SVC_USER" "$ETC/credentials/outbox.key"
+fi
 if [ -f "$BUNDLE/authorized_keys" ]; then
   install -d -m 0700 "$ROOT/root/.ssh"
   install -m 0600 "$BUNDLE/authorized_keys" "$ROOT/root/.ssh/authorized_keys"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.capture.base import CaptureError, FrameSource
 from edge.capture.sources import VideoFileSource, open_source
-from edge.config import Config
+from edge.config import Config, resolve_secret
 from edge.gps import FixedGps, GpsdClient, GpsSource, NmeaSerial, NoGps
 from edge.mqtt import MqttSettings
 from edge.outbox import Outbox
@@ -53,8 +53,6 @@ def build_gps(cfg: Config) -> GpsSource:
 
 
 def mqtt_settings(cfg: Config) -> MqttSettings:
-    from edge.config import resolve_secret
-
     m = cfg.mqtt
     password = m.password
     if m.password_file is not None:
@@ -66,6 +64,26 @@ def mqtt_settings(cfg: Config) -> MqttSettings:
         keyfile=str(resolve_secret(m.keyfile)) if m.keyfile else None, health_interval_s=m.health_interval_s,
         receipts=m.receipts,
     )
+
+
+def outbox_key(cfg: Config) -> bytes | None:
+    """The outbox's sealing key from `[outbox] key_file` (32 raw bytes, or 64 hex digits); a missing
+    or malformed key is one clear line."""
+    f = cfg.outbox.key_file
+    if f is None:
+        return None
+    path = resolve_secret(f)
+    try:
+        raw = Path(str(path)).read_bytes()
+    except OSError as e:
+        hint = " (a systemd credential: the unit's LoadCredential= hands it over)" if str(path).startswith("credential:") else ""
+        raise RunError(f"outbox.key_file {path}: {e.strerror or e}{hint}", EXIT_USAGE) from None
+    text = raw.strip()
+    if len(text) == 64 and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text.decode())
+    if len(raw) == 32:
+        return raw
+    raise RunError(f"outbox.key_file {path}: expected 32 bytes (head -c 32 /dev/urandom > FILE), got {len(raw)}", EXIT_USAGE)
 
 
 def replay_key(path: Path) -> str:
@@ -140,8 +158,9 @@ class Runner:
         source_spec = self.o.source or cfg.camera.source
         outbox_path, scratch = self._outbox_path(source_spec)
         try:
-            outbox = Outbox(outbox_path, max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
-                            min_free_bytes=int(cfg.outbox.min_free_mb * 1e6), receipts=cfg.mqtt.receipts and self.o.publish)
+            outbox = Outbox(outbox_path, key=outbox_key(cfg), max_age_s=cfg.outbox.max_age_days * 86400, max_bytes=int(cfg.outbox.max_mb * 1e6),
+                            min_free_bytes=int(cfg.outbox.min_free_mb * 1e6), receipts=cfg.mqtt.receipts and self.o.publish,
+                            receipt_wait_s=cfg.mqtt.receipt_wait_s)
         except OutboxError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
         state_key = None

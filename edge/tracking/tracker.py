@@ -211,6 +211,8 @@ class Tracker:
         return [tr.predicted_box(t) for tr in self.tracks if t - tr.last.t <= self.c.max_gap_s]
 
     def first_open_frame(self) -> int | None:
-        """The first frame a track not yet emitted holds (None: none open): frames before it are
-        finished with, every pass they hold already returned."""
-        return min((tr.obs[0].frame_seq for tr in self.tracks if not tr.emitted), default=None)
+        """The first frame a track still open holds (None: none open), emitted or not: frames before it
+        are finished with. A replay resumed from there sees each open track again from its first
+        frame, so a pass already emitted comes out again under the same read id (harmless), never as a
+        second pass of the same vehicle starting later."""
+        return min((tr.obs[0].frame_seq for tr in self.tracks), default=None)
