@@ -30,7 +30,8 @@ trap 'rm -rf "$WORK"' EXIT
   # the shipped settings, with this machine's ports and files and no persistence
   grep -v -E '^(persistence|persistence_location|autosave_interval)\b' "$HERE/mosquitto.conf" | grep -v '^#' |
     sed -e "s|^listener 8883\$|listener $PORT 127.0.0.1|" -e "s|^listener 8884\$|listener $CPORT 127.0.0.1|" \
-        -e "s|/etc/mosquitto/edge/server\.|$SRV/server.|" -e "s|/etc/mosquitto/edge/\(edge\|collectors\)\.acl|$HERE/\1.acl|" \
+        -e "s|/etc/mosquitto/edge/server\.|$SRV/server.|" -e "s|/etc/mosquitto/edge/edge\.acl|$HERE/edge.acl|" \
+        -e "s|/etc/mosquitto/edge/collectors\.acl|$HERE/collectors.acl|" \
         -e "s|/etc/mosquitto/edge/|$CA/|"
   echo "persistence false"
 } > "$WORK/mosquitto.conf"

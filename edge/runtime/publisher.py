@@ -91,7 +91,8 @@ class OutboxDrain:
                 self._early.clear()
                 self._publishing = True
             try:
-                ok, mid = transport.publish(item.topic, item.payload, qos=1)
+                # this device's reads topic as configured now: a read queued under a wrong prefix goes out once it is fixed
+                ok, mid = transport.publish(transport.t["reads"], item.payload, qos=1)
             except Exception:
                 with self._lock:
                     self._publishing = False

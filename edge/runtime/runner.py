@@ -247,9 +247,13 @@ class Runner:
             delivered = pub.flush(self.o.flush_timeout_s)
             pub.stop(flush_timeout=0.5)
             if not delivered:
-                n = outbox.backlog()
-                print(f"edge: error: broker {cfg.mqtt.host}:{cfg.mqtt.port} unreachable or not acknowledging; "
-                      f"{n} read(s) kept in outbox {outbox_path} and sent on the next start", file=sys.stderr)
+                n, waiting = outbox.backlog(), outbox.awaiting_receipt()
+                if waiting:
+                    why = (f"the broker took {waiting} read(s) but no receipt from the collector came (is it running, and "
+                           f"are this device's topics allowed?)")
+                else:
+                    why = f"broker {cfg.mqtt.host}:{cfg.mqtt.port} unreachable or not acknowledging"
+                print(f"edge: error: {why}; {n} read(s) kept in outbox {outbox_path} and sent on the next start", file=sys.stderr)
                 code = code or EXIT_BROKER
         gps.stop()
         done = failure is None and (pub is None or outbox.backlog() == 0)

@@ -337,3 +337,27 @@ def test_a_revoked_device_is_refused_by_the_broker(tmp_path, pki):
         assert client(b.port, pk, "dev-a", "dev-a") is not None  # the others still get in
     finally:
         b.stop()
+
+
+def test_a_publish_denied_without_a_word_on_mqtt_311_keeps_the_reads(tmp_path, pki, broker):
+    """MQTT 3.1.1 has no way to say "not authorized" to a publish: the broker acknowledges it and drops
+    it. With receipts the device keeps every read and says so (exit 4), instead of deleting them."""
+    col = Collector(tmp_path, broker, pki).start()
+    try:
+        want = reference_plates()
+        r = replay(pki, "dev-a", tmp_path, broker.port, "--flush-timeout", "4",
+                   env_extra={"EDGE_MQTT__PROTOCOL": "3.1.1", "EDGE_MQTT__TOPIC_PREFIX": "lpr/v0"})  # topics the ACL denies
+        assert r.returncode == 4, r.stderr
+        assert outbox_rows(tmp_path, "dev-a") == len(want) and col.reads() == []
+        r = replay(pki, "dev-a", tmp_path, broker.port, "--flush-timeout", "60", env_extra={"EDGE_MQTT__PROTOCOL": "3.1.1"})
+        assert r.returncode == 0, r.stderr  # set right, what was kept goes out, on the topic configured now
+        assert sorted(p for _, p in col.wait_reads(len(want))) == want
+    finally:
+        col.stop()
+
+
+def test_collector_start_names_a_missing_file(tmp_path, pki, broker):
+    c = Collector(tmp_path, broker, pki)
+    cmd = [x if x != str(pki / "ca" / "ca.crt") else str(tmp_path / "nope.crt") for x in c.cmd]
+    r = subprocess.run(cmd, cwd=ROOT, env=c.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and str(tmp_path / "nope.crt") in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -50,5 +50,5 @@ def test_a_wrong_or_missing_key_file_stops_the_device_with_one_line(tmp_path):
     keyf.unlink()
     r = replay()
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and "outbox.key_file" in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "key_file" in lines[0] and "does not exist" in lines[0], r.stderr
     assert len(Outbox(tmp_path / "o.db", key=bytes(range(32))).peek()) == kept  # nothing queued was lost
