@@ -185,6 +185,37 @@ class RecordSection(Section):
     vehicle_max_px: int = Field(default=640, ge=64, le=1920)
 
 
+def loopback(host: str) -> bool:
+    """Whether HOST (an address or localhost) is this machine's loopback."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class MetricsSection(Section):
+    listen: str = Field(default="", description="HOST:PORT for GET /metrics (Prometheus) and /healthz; empty: off")
+    token_file: Path | None = Field(default=None, description="bearer token /metrics wants (required beyond loopback)")
+
+    @model_validator(mode="after")
+    def _listen(self):
+        if not self.listen:
+            return self
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"listen: expected HOST:PORT (e.g. 127.0.0.1:9108), got {self.listen!r}")
+        if not loopback(host) and self.token_file is None:
+            raise ValueError(f"listen {self.listen!r} is beyond loopback: set token_file, the token /metrics asks for")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+
 class Config(Section):
     device: DeviceSection
     camera: CameraSection
@@ -194,6 +225,7 @@ class Config(Section):
     pipeline: PipelineSection = PipelineSection()
     tracking: TrackingSection = TrackingSection()
     record: RecordSection = RecordSection()
+    metrics: MetricsSection = MetricsSection()
 
     @property
     def outbox_path(self) -> Path:

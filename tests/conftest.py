@@ -213,6 +213,7 @@ def api_client(gov):
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
+    get.base = base  # type: ignore[attr-defined]  # for a client that wants the raw answer
     try:
         yield get
     finally:

@@ -10,7 +10,7 @@ rm -rf "$STAGE" && mkdir -p "$STAGE/wheels" "$STAGE/models" "$STAGE/units"
 $PY -m pip wheel -q --no-deps -w "$STAGE/wheels" .
 $PY -m pip download -q --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
   --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 --platform any \
-  -d "$STAGE/wheels" "numpy>=1.26" "opencv-python-headless>=4.8" "onnxruntime>=1.17" "paho-mqtt>=2.0" "pydantic>=2.5" "cryptography>=42"
+  -d "$STAGE/wheels" "numpy>=1.26" "opencv-python-headless>=4.8" "onnxruntime>=1.17" "paho-mqtt>=2.0" "pydantic>=2.5" "cryptography>=42" "prometheus-client>=0.20"
 # every shipped model: the float32 pair, its int8 variants ([pipeline] int8) and the box refiner
 cp models/*.onnx "$STAGE/models/"
 cp deploy/image/units/*.service "$STAGE/units/"

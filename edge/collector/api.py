@@ -2,7 +2,8 @@
 
     GET /v1/reads?case=CASE&plate=ABC123&match=exact|wildcard|fuzzy&camera=..&site=..
                  &near=lat,lon,km&box=lat1,lon1,lat2,lon2&from=ISO&to=ISO&days=N&approval=APR-..&limit=N
-    GET /v1/health
+    GET /v1/health, GET /metrics (Prometheus; supervisors and admins)
+    GET /healthz (liveness: no token, tells nothing else)
 
 Every request needs `Authorization: Bearer <token>` (tokens are stored hashed). No query runs
 without a user and a case; every query is audited.
@@ -100,7 +101,17 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
             self.end_headers()
             self.wfile.write(data)
 
+        def send_text(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self):  # noqa: N802
+            if urlparse(self.path).path == "/healthz":  # liveness for a load balancer: no token, nothing told
+                return self.reply(200, {"ok": True})
             auth = self.headers.get("Authorization", "")
             token = auth[7:] if auth.startswith("Bearer ") else ""
             source = self.client_address[0]
@@ -120,6 +131,15 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
                 if role not in ("supervisor", "admin"):
                     return self.reply(403, {"error": "health needs supervisor or admin"})
                 return self.reply(200, health() if health else {"ok": True})
+            if url.path == "/metrics":
+                with lock:
+                    role = gov.role(user)
+                    if role not in ("supervisor", "admin"):
+                        return self.reply(403, {"error": "metrics need supervisor or admin"})
+                    from edge.metrics import CONTENT_TYPE, CollectorMetrics, render
+
+                    body = render(CollectorMetrics(gov.s, health))
+                return self.send_text(200, body, CONTENT_TYPE)
             if url.path == "/v1/policy":
                 with lock:
                     text, digest = gov.use_policy()

@@ -3,6 +3,7 @@ heartbeat and the MQTT health message from their own threads."""
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import resource
@@ -16,6 +17,7 @@ from edge.record import iso_utc
 
 log = logging.getLogger("edge.health")
 KEEP_TIMES = 200  # stage times kept per stage for the medians
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # the stage-time histograms' bounds
 
 
 class Health:
@@ -29,6 +31,7 @@ class Health:
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._times: dict[str, collections.deque[float]] = {}
+        self._hist: dict[str, tuple[list[int], list[float]]] = {}  # stage -> (count per bucket and over, [sum])
         self._providers: dict[str, Callable[[], Any]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
@@ -45,8 +48,19 @@ class Health:
             return dict(self._counts)
 
     def time(self, name: str, ms: float) -> None:
+        i = bisect.bisect_left(BUCKETS_MS, ms)
         with self._lock:
             self._times.setdefault(name, collections.deque(maxlen=KEEP_TIMES)).append(ms)
+            h = self._hist.get(name)
+            if h is None:
+                h = self._hist[name] = ([0] * (len(BUCKETS_MS) + 1), [0.0])
+            h[0][i] += 1
+            h[1][0] += ms
+
+    def histograms(self) -> dict[str, tuple[tuple[int, ...], list[int], float]]:
+        """Per stage since start: (bucket bounds in ms, count per bucket and over the last, sum of ms)."""
+        with self._lock:
+            return {k: (BUCKETS_MS, list(c), t[0]) for k, (c, t) in self._hist.items()}
 
     def medians(self) -> dict[str, float]:
         with self._lock:

@@ -214,6 +214,18 @@ class Runner:
         self._install_signals()
         hb = threading.Thread(target=self._heartbeat, args=(sd, pl), daemon=True)
         hb.start()
+        metrics = None
+        if cfg.metrics.listen:
+            from edge.metrics import DeviceMetrics, serve
+
+            host, port = cfg.metrics.address
+            token = None
+            if cfg.metrics.token_file is not None:
+                token = Path(str(resolve_secret(cfg.metrics.token_file))).read_text().strip()
+            try:
+                metrics = serve(host, port, DeviceMetrics(pl.health), token=token)
+            except OSError as e:
+                log.error("metrics: cannot listen on %s: %s (the reader runs on without them)", cfg.metrics.listen, e.strerror or e)
         sd.send("READY=1")
         log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, outbox_path)
         say = log.debug if self.o.replay else log.info  # a service's log names what it runs; a replay stays quiet
@@ -256,6 +268,8 @@ class Runner:
                 print(f"edge: error: {why}; {n} read(s) kept in outbox {outbox_path} and sent on the next start", file=sys.stderr)
                 code = code or EXIT_BROKER
         gps.stop()
+        if metrics is not None:
+            metrics.shutdown()
         done = failure is None and (pub is None or outbox.backlog() == 0)
         if state_key and done:
             # every read delivered: the next replay of this clip plays it afresh. A replay stopped (Ctrl-C,
