@@ -284,7 +284,16 @@ def cmd_subscribe(args) -> int:
 
 
 def cmd_provision(args) -> int:
-    from edge.provision import DeviceSpec, ProvisionError, init_ca, issue_cert, issue_collector_cert, make_bundle, revoke
+    from edge.provision import (
+        DeviceSpec,
+        ProvisionError,
+        init_ca,
+        issue_cert,
+        issue_collector_cert,
+        issue_integration_cert,
+        make_bundle,
+        revoke,
+    )
 
     ca = Path(args.ca_dir)
     try:
@@ -298,6 +307,9 @@ def cmd_provision(args) -> int:
         elif args.what == "client":
             key, crt = issue_collector_cert(ca, Path(args.out), args.name)
             print(f"collector certificate for {args.name!r} (from the collectors' CA): {crt}, key: {key}")
+        elif args.what == "integration":
+            key, crt = issue_integration_cert(ca, Path(args.out), args.name)
+            print(f"certificate for {args.name!r} (devices' listener, read rights in edge.acl): {crt}, key: {key}")
         elif args.what == "revoke":
             crl, n = revoke(ca, args.name)
             print(f"{args.name}: revoked; {crl} now lists {n} certificate(s): copy it to the broker "
@@ -419,9 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_subscribe)
 
     pv = sub.add_parser("provision", help="deployment CA, device bundles, broker and collector certificates")
-    pv.add_argument("what", choices=["ca", "device", "server", "client", "revoke"])
+    pv.add_argument("what", choices=["ca", "device", "server", "client", "integration", "revoke"])
     pv.add_argument("name", nargs="?", default="", help="device id (device, revoke), broker host name (server), collector "
-                                                         "name (client: collector, collector-2, ...)")
+                                                         "name (client: collector, collector-2, ...), integration (homeassistant)")
     pv.add_argument("--ca-dir", required=True, help="the deployment CA folder (ca.key stays here)")
     pv.add_argument("--out", default="edge-bundle", help="output folder")
     pv.add_argument("--owner", help="device: who owns the camera")

@@ -185,6 +185,12 @@ class RecordSection(Section):
     vehicle_max_px: int = Field(default=640, ge=64, le=1920)
 
 
+class HomeAssistantSection(Section):
+    enabled: bool = Field(default=False, description="announce this device to Home Assistant (MQTT discovery): its last "
+                          "plate and crop then reach whoever may read those topics, outside the collector's audit")
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+
+
 def loopback(host: str) -> bool:
     """Whether HOST (an address or localhost) is this machine's loopback."""
     import ipaddress
@@ -226,6 +232,7 @@ class Config(Section):
     tracking: TrackingSection = TrackingSection()
     record: RecordSection = RecordSection()
     metrics: MetricsSection = MetricsSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
 
     @property
     def outbox_path(self) -> Path:

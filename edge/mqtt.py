@@ -162,9 +162,9 @@ class MqttTransport:
         self._client = self._make_client()
         self.start()
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> tuple[bool, int]:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> tuple[bool, int]:
         """(accepted by paho for sending, message id)."""
-        info = self._client.publish(topic, payload, qos=qos)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         return info.rc == mqtt.MQTT_ERR_SUCCESS, info.mid
 
     def close(self) -> None:

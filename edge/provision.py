@@ -46,7 +46,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # names the broker's ACL (deploy/collector/edge.acl) gives powers to: never a device's
-RESERVED_DEVICE_IDS = re.compile(r"^collector", re.I)
+RESERVED_DEVICE_IDS = re.compile(r"^(collector|homeassistant$)", re.I)
+INTEGRATIONS = ("homeassistant",)  # names deploy/collector/edge.acl gives read rights on the devices' listener
 
 
 class ProvisionError(Exception):
@@ -228,6 +229,14 @@ def issue_collector_cert(ca_dir: Path, out_dir: Path, name: str, days: int = 825
     return issue_cert(ca_dir, out_dir, name, name, issuer="collectors-ca", days=days)
 
 
+def issue_integration_cert(ca_dir: Path, out_dir: Path, name: str, days: int = 825) -> tuple[Path, Path]:
+    """An integration's client certificate (Home Assistant), from the devices' CA: its name is one the
+    broker's ACL gives read rights to (INTEGRATIONS)."""
+    if name not in INTEGRATIONS:
+        raise ProvisionError(f"integration {name!r}: one of {', '.join(INTEGRATIONS)}")
+    return issue_cert(ca_dir, out_dir, name, name, days=days)
+
+
 def issue_cert(ca_dir: Path, out_dir: Path, stem: str, cn: str, server_names: list[str] | None = None, days: int = 825,
                issuer: str = "ca") -> tuple[Path, Path]:
     """Write `stem`.key and `stem`.crt into out_dir (refusing to overwrite either)."""
@@ -297,7 +306,8 @@ def make_bundle(ca_dir: Path, out: Path, spec: DeviceSpec) -> Path:
         raise ProvisionError(f"device id {spec.device_id!r}: letters, digits, '.', '_' and '-' only (max 63)")
     if RESERVED_DEVICE_IDS.match(spec.device_id):
         raise ProvisionError(f"device id {spec.device_id!r} is reserved: names starting with 'collector' are the "
-                             "collectors' (edge provision client collector makes a collector's certificate)")
+                             "collectors' (edge provision client collector makes a collector's certificate), "
+                             "'homeassistant' is Home Assistant's (edge provision integration homeassistant)")
     if not spec.owner.strip():
         raise ProvisionError("--owner is required: who answers for this camera's reads")
     if out.exists() and any(out.iterdir()):

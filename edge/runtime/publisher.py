@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from edge.homeassistant import HaState, entities
 from edge.mqtt import MqttSettings, MqttTransport, PublisherStats
 from edge.outbox import Outbox
 from edge.record import MAX_RECORD_BYTES
@@ -125,7 +126,9 @@ class Publisher:
         device_id: str,
         outbox: Outbox,
         health: Callable[[], dict] | None = None,
+        homeassistant: tuple[str, str] | None = None,
     ):
+        """`homeassistant`: (discovery prefix, device name) to announce this device to Home Assistant."""
         self.s = settings
         self.device_id = device_id
         self.outbox = outbox
@@ -138,6 +141,9 @@ class Publisher:
                                        on_ready=self._wake.set, on_receipt=self._receipt)
         self.receipts_seen = 0
         self.drain.stats = self.transport.stats
+        self.ha = homeassistant
+        self.ha_state = HaState() if homeassistant else None
+        self._announced = 0  # the connection (by count) Home Assistant's discovery was last sent on
         self.t = self.transport.t
 
     @property
@@ -167,6 +173,26 @@ class Publisher:
         if n:
             self._wake.set()
 
+    def read_made(self, rec) -> None:
+        """A read was made (and is in the outbox): Home Assistant's state follows it."""
+        if self.ha_state:
+            self.ha_state.read(rec)
+            self._wake.set()
+
+    def _homeassistant(self) -> None:
+        assert self.ha and self.ha_state
+        if self._announced != self.transport.stats.connects:  # each (re)connection: the broker may have lost them
+            self._announced = self.transport.stats.connects
+            for topic, body in entities(self.device_id, self.s.topic_prefix, self.ha[0], self.ha[1]):
+                self.transport.publish(topic, json.dumps(body), qos=1, retain=True)
+            self.ha_state.dirty = True
+        if self.ha_state.dirty:
+            self.ha_state.dirty = False
+            self.transport.publish(f"{self.t['reads'][:-len('reads')]}ha/state", self.ha_state.payload(), qos=1, retain=True)
+        if self.ha_state.crop_dirty and self.ha_state.crop:
+            self.ha_state.crop_dirty = False
+            self.transport.publish(f"{self.t['reads'][:-len('reads')]}ha/plate_crop", self.ha_state.crop, qos=1, retain=True)
+
     def notify(self) -> None:
         """A new record is in the outbox."""
         self._wake.set()
@@ -180,10 +206,15 @@ class Publisher:
                 self.drain.send(self.transport)
                 if self.health and time.monotonic() >= next_health:
                     try:
-                        self.transport.publish(self.t["health"], json.dumps(self.health(), default=str), qos=0)
+                        h = self.health()
+                        self.transport.publish(self.t["health"], json.dumps(h, default=str), qos=0)
+                        if self.ha_state:
+                            self.ha_state.health(h)
                     except Exception as e:  # health must never stop publishing reads
                         log.warning("health message failed: %s", e)
                     next_health = time.monotonic() + self.s.health_interval_s
+                if self.ha:
+                    self._homeassistant()
             self._wake.wait(0.5)
             self._wake.clear()
 

@@ -134,6 +134,8 @@ class Runner:
         self.publisher: Publisher | None = None
 
     def _print(self, r: Read) -> None:
+        if self.publisher is not None:
+            self.publisher.read_made(r)
         if not self.o.print_reads:
             return
         if self.o.json_out:
@@ -194,7 +196,8 @@ class Runner:
             raise RunError(str(e), EXIT_SOURCE) from None
         gps = build_gps(cfg)
         gps.start()
-        pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox) if self.o.publish else None
+        ha = (cfg.homeassistant.discovery_prefix, cfg.camera.site or cfg.camera.id) if cfg.homeassistant.enabled else None
+        pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox, homeassistant=ha) if self.o.publish else None
         checkpoint = None
         if state_key and isinstance(source, VideoFileSource):
             video, key = source, state_key
