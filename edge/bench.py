@@ -107,3 +107,54 @@ def _first_frame(path: Path):
     ok, img = cap.read()
     cap.release()
     return img if ok else None
+
+
+def run_preview_bench(path: Path, cfg: Config, max_frames: int = 300, repeats: int = 3, stream=sys.stdout) -> dict:
+    """`edge bench VIDEO --preview`: the pipeline's frame rate with the preview off, on with no one
+    watching, and on with one viewer fetching what the page fetches (the frame and the status, every
+    0.7 s), alternated in one run; medians and ratios to off."""
+    import threading
+    import urllib.request
+
+    from edge.preview import PreviewFeed, serve
+
+    stage = build_stage(cfg.pipeline)
+    first = _first_frame(path)
+    if first is not None:
+        stage.detector.detect(first)
+    fps: dict[str, list[float]] = {"off": [], "on, no viewer": [], "on, one viewer": []}
+    for _ in range(repeats):
+        for mode in fps:
+            with tempfile.TemporaryDirectory() as td:
+                ob = Outbox(Path(td) / "o.db")
+                loop = build_loop(cfg, _Limited(path, max_frames), ob, NoGps(), stage, blocking=True)
+                srv, stop = None, threading.Event()
+                if mode != "off":
+                    loop.preview = PreviewFeed(cfg.pipeline.min_plate_width)
+                    srv = serve("127.0.0.1", 0, loop.preview, "bench", loop.health.snapshot)
+                if mode == "on, one viewer" and srv is not None:
+                    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+                    def viewer(base=base, stop=stop):
+                        while not stop.is_set():
+                            for page in ("/frame.jpg", "/status.json"):
+                                with urllib.request.urlopen(base + page, timeout=10) as r:
+                                    r.read()
+                            stop.wait(0.7)
+
+                    urllib.request.urlopen(base + "/", timeout=10).read()
+                    threading.Thread(target=viewer, daemon=True).start()
+                t0 = time.perf_counter()
+                loop.run()
+                wall = time.perf_counter() - t0
+                stop.set()
+                if srv:
+                    srv.shutdown()
+                fps[mode].append(loop.health["processed"] / wall)
+                ob.close()
+    med = {k: statistics.median(v) for k, v in fps.items()}
+    print(f"video            {path} ({max_frames} frames at most, median of {repeats}, modes alternated)", file=stream)
+    for k, v in med.items():
+        print(f"preview {k:<16} {v:.1f} fps  ({v / med['off']:.3f}x off)", file=stream)
+    return {"video": str(path), "repeats": repeats, "fps": {k: round(v, 1) for k, v in med.items()},
+            "ratio": {k: round(v / med["off"], 3) for k, v in med.items()}}

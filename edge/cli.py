@@ -219,6 +219,11 @@ def cmd_bench(args) -> int:
         cfg = Config.model_validate({"device": {"id": "bench", "state_dir": "out/bench"},
                                      "camera": {"id": "bench", "owner": "developer (bench)", "source": args.video}})
     cfg = cfg.model_copy(update={"pipeline": _pipeline_section(args, cfg.pipeline)})
+    if args.preview:
+        from edge.bench import run_preview_bench
+
+        run_preview_bench(Path(args.video), cfg, max_frames=args.frames, repeats=args.repeats)
+        return 0
     run_bench(Path(args.video), cfg, max_frames=args.frames, repeats=args.repeats)
     return 0
 
@@ -402,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("video")
     b.add_argument("--config", help="device TOML file: bench the pipeline `edge run --config FILE` runs (default: a device's defaults)")
     b.add_argument("--threads", type=int, default=None, help="inference threads (default: the config's, 1)")
+    b.add_argument("--preview", action="store_true", help="the preview's cost: off, on with no viewer, on with one viewer")
     b.add_argument("--frames", type=int, default=300, help="frames per repeat (default 300)")
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--motion-gate", action=argparse.BooleanOptionalAction, default=None,

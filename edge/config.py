@@ -201,6 +201,27 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class PreviewSection(Section):
+    enabled: bool = Field(default=False, description="serve the aiming and focus page (live video of people: every "
+                          "opening is logged)")
+    listen: str = Field(default="127.0.0.1:8090", description="HOST:PORT of the preview page")
+    token_file: Path | None = Field(default=None, description="the token the page asks for (required beyond loopback)")
+
+    @model_validator(mode="after")
+    def _listen(self):
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"listen: expected HOST:PORT (e.g. 127.0.0.1:8090), got {self.listen!r}")
+        if self.enabled and not loopback(host) and self.token_file is None:
+            raise ValueError(f"listen {self.listen!r} is beyond loopback: set token_file, the token the page asks for")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+
 class MetricsSection(Section):
     listen: str = Field(default="", description="HOST:PORT for GET /metrics (Prometheus) and /healthz; empty: off")
     token_file: Path | None = Field(default=None, description="bearer token /metrics wants (required beyond loopback)")
@@ -233,6 +254,7 @@ class Config(Section):
     record: RecordSection = RecordSection()
     metrics: MetricsSection = MetricsSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
+    preview: PreviewSection = PreviewSection()
 
     @property
     def outbox_path(self) -> Path:

@@ -30,9 +30,10 @@ def run_edge(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def chromium(url: str, out: Path, size: tuple[int, int] = (1000, 1400)) -> tuple[str, Path]:
-    """A page loaded by a real headless Chromium: (its DOM after load, a PNG screenshot). Make installs
-    Chromium for `make test`; elsewhere a missing one skips, in CI it fails."""
+def chromium(url: str, out: Path, size: tuple[int, int] = (1000, 1400), run_ms: int = 0) -> tuple[str, Path]:
+    """A page loaded by a real headless Chromium: (its DOM after load, a PNG screenshot); `run_ms`: let
+    the page's scripts run that long (virtual time) first. Make installs Chromium for `make test`;
+    elsewhere a missing one skips, in CI it fails."""
     import shutil
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,6 +42,8 @@ def chromium(url: str, out: Path, size: tuple[int, int] = (1000, 1400)) -> tuple
             pytest.fail("chromium is not installed (make test installs it: deploy/host-packages.sh chromium)")
         pytest.skip("chromium is not installed (make test installs it)")
     flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size[0]},{size[1]}"]
+    if run_ms:
+        flags.append(f"--virtual-time-budget={run_ms}")
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     shot = subprocess.run([*flags, f"--screenshot={out}", url], capture_output=True, text=True, timeout=120)

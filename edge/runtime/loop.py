@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -115,6 +116,8 @@ class FrameLoop:
         self.keep_reads = keep_reads
         self._since_full = 0
         self._last_checkpoint = 0.0
+        self.preview: Any = None  # edge.preview.PreviewFeed when the preview is on
+        self._last_c: PlateCandidates | None = None
         h = self.health
         h.provide("frames_dropped", lambda: self.frames.dropped)
         h.provide("queue_depth", self.frames.qsize)
@@ -165,12 +168,16 @@ class FrameLoop:
                 if not moving and frame.t - last_detect < self.p.idle_detect_every_s:
                     h.count("idle")
                     self._emit(self.tracker.update([], frame.t))
+                    if self.preview is not None and self.preview.watching():
+                        self.preview.frame(frame, None, "idle")
                     continue
             elif self.p.motion_gate:
                 self.gate.moving(frame.image)  # keep the reference frame current
             last_detect = frame.t
             obs = self.observe(frame)
             h.time("pipeline_ms", (time.perf_counter() - t0) * 1000)
+            if self.preview is not None and self.preview.watching():
+                self.preview.frame(frame, self._last_c, "moving" if self.p.motion_gate else "off")
             self._emit(self.tracker.update(obs, frame.t))
             if self.checkpoint and time.monotonic() - self._last_checkpoint > CHECKPOINT_EVERY_S:
                 # frames before this one are finished with: every pass they hold is in the outbox
@@ -211,6 +218,7 @@ class FrameLoop:
         c = self.stage.process(frame.image, full, frame.scale, look=self.where_to_look(frame),
                                settled=self.settled if self.p.settle_frames else None)
         self._count(c)
+        self._last_c = c
         out = []
         for i in np.flatnonzero(c.accepted):
             r = c.text(int(i))

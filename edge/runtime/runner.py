@@ -136,6 +136,8 @@ class Runner:
     def _print(self, r: Read) -> None:
         if self.publisher is not None:
             self.publisher.read_made(r)
+        if self.pipeline is not None and self.pipeline.preview is not None:
+            self.pipeline.preview.read(r)
         if not self.o.print_reads:
             return
         if self.o.json_out:
@@ -229,6 +231,21 @@ class Runner:
                 metrics = serve(host, port, DeviceMetrics(pl.health), token=token)
             except OSError as e:
                 log.error("metrics: cannot listen on %s: %s (the reader runs on without them)", cfg.metrics.listen, e.strerror or e)
+        preview = None
+        if cfg.preview.enabled:
+            from edge.preview import PreviewFeed
+            from edge.preview import serve as serve_preview
+
+            pl.preview = PreviewFeed(cfg.pipeline.min_plate_width)
+            host, port = cfg.preview.address
+            token = None
+            if cfg.preview.token_file is not None:
+                token = Path(str(resolve_secret(cfg.preview.token_file))).read_text().strip()
+            try:
+                preview = serve_preview(host, port, pl.preview, cfg.device.id, pl.health.snapshot, token=token)
+                log.info("preview on http://%s:%s/ (live video: every opening is logged)", host, port)
+            except OSError as e:
+                log.error("preview: cannot listen on %s: %s (the reader runs on without it)", cfg.preview.listen, e.strerror or e)
         sd.send("READY=1")
         log.info("running: device %s, source %s, outbox %s", cfg.device.id, source_spec, outbox_path)
         say = log.debug if self.o.replay else log.info  # a service's log names what it runs; a replay stays quiet
@@ -273,6 +290,8 @@ class Runner:
         gps.stop()
         if metrics is not None:
             metrics.shutdown()
+        if preview is not None:
+            preview.shutdown()
         done = failure is None and (pub is None or outbox.backlog() == 0)
         if state_key and done:
             # every read delivered: the next replay of this clip plays it afresh. A replay stopped (Ctrl-C,
