@@ -123,6 +123,10 @@ class GpsSource:
     def state(self) -> str:
         return self.fix_at(self.clock()).status
 
+    def fix_age(self) -> float | None:
+        """Seconds since the fix in use now was taken (None: no fix)."""
+        return self.fix_at(self.clock()).age_s
+
 
 class _ThreadedGps(GpsSource):
     """A source read by a background thread (`_run`), stopped through `_stop`."""

@@ -47,7 +47,8 @@ class DeviceMetrics:
                          ("cpu_temp_c", "CPU temperature, Celsius"), ("rss_mb", "peak resident memory, MB"),
                          ("queue_depth", "frames waiting for the pipeline"),
                          ("outbox_backlog", "reads in the outbox, not yet delivered"),
-                         ("receipts_pending", "reads the broker took, waiting for the collector's receipt")):
+                         ("receipts_pending", "reads the broker took, waiting for the collector's receipt"),
+                         ("gps_fix_age_s", "seconds since the GPS fix in use was taken")):
             v = _number(h.get(key))
             if v is not None:
                 g = GaugeMetricFamily(f"edge_{key}", doc, labels=["device"])

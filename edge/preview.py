@@ -202,7 +202,8 @@ def serve(host: str, port: int, feed: PreviewFeed, device_id: str, health, token
                         "plates": plates_in_view(latest[0], latest[1], feed.min_plate_px) if latest else [],
                         "reads": list(feed.reads),
                         "health": {k: h.get(k) for k in ("fps_captured", "fps_processed", "frames_dropped", "queue_depth",
-                                                          "outbox_backlog", "receipts_pending", "gps", "cpu_temp_c", "rss_mb",
+                                                          "outbox_backlog", "receipts_pending", "gps", "gps_fix_age_s", "cpu_temp_c",
+                                                          "rss_mb",
                                                           "stage_ms", "source")}}
                 return self._send(200, json.dumps(body, default=str).encode(), "application/json")
             return self._send(404, b"no such page\n", "text/plain")

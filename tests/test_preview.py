@@ -65,6 +65,10 @@ def test_the_preview_page_shows_the_camera_what_it_reads_and_how_to_aim(tmp_path
         dom, shot = chromium(base + "/", out, size=(1400, 1200), run_ms=4000)
         assert "live video of people" in dom and "Plates in view" in dom
         assert "<td>" in dom.split('id="health"')[1]  # the page's script filled the health table
+        reads_table = dom.split('id="reads"')[1].split("</tbody>")[0]
+        shown = json.loads(fetch(base + "/status.json")[1])["reads"]
+        assert shown and any(r["plate"] in reads_table for r in shown)  # and the last reads, with their crops
+        assert "data:image/jpeg;base64," in reads_table
         assert shot.stat().st_size > 10_000
     finally:
         p.send_signal(signal.SIGTERM)

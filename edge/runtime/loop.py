@@ -125,6 +125,7 @@ class FrameLoop:
         h.provide("receipts_pending", outbox.awaiting_receipt)
         h.provide("outbox", outbox.counters)
         h.provide("gps", records.gps.state)
+        h.provide("gps_fix_age_s", records.gps.fix_age)
         h.provide("source", source.stats)
 
     # ---------------------------------------------------------- threads
