@@ -61,6 +61,9 @@ def test_the_preview_page_shows_the_camera_what_it_reads_and_how_to_aim(tmp_path
         assert green(with_box) > 50  # the cut read is drawn around the plate
         time.sleep(1)
         assert fetch(base + "/frame.jpg")[1] != frame  # the frame changes
+        while not json.loads(fetch(base + "/status.json")[1])["reads"]:  # a first pass is complete
+            assert time.monotonic() < end + 60, "no read within two minutes"
+            time.sleep(0.3)
         out = ROOT / "out" / "preview.png"
         out.parent.mkdir(exist_ok=True)
         dom, shot = chromium(base + "/", out, size=(1400, 1200), run_ms=4000)
