@@ -54,7 +54,10 @@ def main() -> int:
     denv = {**os.environ, "EDGE_MQTT__CAFILE": str(b / "ca.crt"), "EDGE_MQTT__CERTFILE": str(b / "device.crt"),
             "EDGE_MQTT__KEYFILE": str(b / "device.key"), "EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(broker.port),
             "EDGE_MQTT__RECEIPT_WAIT_S": "5", "EDGE_OUTBOX__KEY_FILE": str(d / "outbox.key"),
-            "EDGE_DEVICE__STATE_DIR": str(d / "state"), "EDGE_OUTBOX__PATH": str(d / "state" / "outbox.db")}
+            "EDGE_DEVICE__STATE_DIR": str(d / "state"), "EDGE_OUTBOX__PATH": str(d / "state" / "outbox.db"),
+            # the clip loops every few seconds: without this the tracker takes each loop's plates for the
+            # same passes (the same plate again within repeat_window_s) and reads nothing after the first
+            "EDGE_TRACKING__REPEAT_WINDOW_S": "0"}
     dev = subprocess.Popen([sys.executable, "-m", "edge.cli", "replay", args.clip, "--loop", "--config", str(b / "device.toml")],
                            cwd=ROOT, env=denv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rng = random.Random(7)
@@ -97,8 +100,14 @@ def main() -> int:
 
     s = Store(db)
     n, plates = s.one("SELECT COUNT(*), COUNT(DISTINCT plate) FROM reads")
+    import sqlite3
+
+    with sqlite3.connect(d / "state" / "outbox.db") as ob:
+        oc = dict(ob.execute("SELECT name, value FROM counters").fetchall())
+        left = ob.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     print(f"end after {(time.monotonic() - t0) / 60:.1f} min: device RSS {stop[0]:.1f} MB ({stop[0] - start[0]:+.1f}), "
           f"collector RSS {stop[1]:.1f} MB ({stop[1] - start[1]:+.1f}); broker stopped {outages}x, killed {kills}x; "
+          f"device made {oc.get('accepted', 0)} reads, {oc.get('delivered', 0)} receipted, {left} left in its outbox; "
           f"{n} reads stored ({plates} distinct plates)", flush=True)
     return 0
 
