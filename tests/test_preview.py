@@ -73,6 +73,17 @@ def test_the_preview_page_shows_the_camera_what_it_reads_and_how_to_aim(tmp_path
         assert re.search(r"<td>[A-Z0-9]{5,8}</td>", reads_table), reads_table[:500]  # and the last reads, with their crops
         assert "data:image/jpeg;base64," in reads_table
         assert shot.stat().st_size > 10_000
+        # what the browser showed, shot again: the frame has changed, and (within a few tries, as cars
+        # come and go) a cut read is drawn on it
+        shots = [cv2.imread(str(shot))]
+        for k in range(6):
+            _, again = chromium(base + "/", tmp_path / f"again-{k}.png", size=(1400, 1200), run_ms=2000)
+            shots.append(cv2.imread(str(again)))
+            if max(green(cv2.imencode(".png", x[60:760, :1300])[1].tobytes()) for x in shots) > 50 and len(shots) > 2:
+                break
+        frames = [x[60:760, :1300].astype(int) for x in shots]
+        assert any(abs(a - frames[0]).mean() > 1.0 for a in frames[1:])  # the frame changed in the browser
+        assert max(green(cv2.imencode(".png", x[60:760, :1300])[1].tobytes()) for x in shots) > 50
     finally:
         p.send_signal(signal.SIGTERM)
         err = p.communicate(timeout=30)[1]
