@@ -16,11 +16,13 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from edge.httpserve import Handler as BaseHandler
 
 
 def _number(v) -> float | None:
@@ -137,36 +139,25 @@ def serve(host: str, port: int, collector, token: str | None = None) -> Threadin
     """/metrics and /healthz on host:port in a thread of their own; /metrics wants the token when
     one is given. The server is returned (shutdown() stops it)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BaseHandler):
         server_version = "edge-metrics"
-
-        def log_message(self, fmt, *args):
-            pass
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
         def do_GET(self):  # noqa: N802
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                return self._send(200, b'{"ok": true}', "application/json")
+                return self.send(200, b'{"ok": true}', "application/json")
             if path != "/metrics":
-                return self._send(404, json.dumps({"error": f"no such endpoint {path}"}).encode(), "application/json")
+                return self.send(404, json.dumps({"error": f"no such endpoint {path}"}).encode(), "application/json")
             if token is not None:
                 given = self.headers.get("Authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return self._send(401, b'{"error": "authentication required: Authorization: Bearer <token>"}',
+                    return self.send(401, b'{"error": "authentication required: Authorization: Bearer <token>"}',
                                       "application/json")
             try:
                 body = render(collector)
             except Exception as e:  # a scrape gets an answer, never a dropped connection
-                return self._send(500, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode(), "application/json")
-            return self._send(200, body, CONTENT_TYPE)
+                return self.send(500, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode(), "application/json")
+            return self.send(200, body, CONTENT_TYPE)
 
     srv = ThreadingHTTPServer((host, port), Handler)
     srv.daemon_threads = True

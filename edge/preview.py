@@ -21,11 +21,13 @@ import logging
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import cv2
 import numpy as np
+
+from edge.httpserve import Handler as BaseHandler
 
 log = logging.getLogger("edge.preview")
 WATCH_S = 5.0  # the loop keeps feeding the preview this long after the last request
@@ -162,19 +164,8 @@ tick(); setInterval(tick, 700);
 def serve(host: str, port: int, feed: PreviewFeed, device_id: str, health, token: str | None = None) -> ThreadingHTTPServer:
     """The preview on host:port in threads of its own; returned (shutdown() stops it)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BaseHandler):
         server_version = "edge-preview"
-
-        def log_message(self, fmt, *args):
-            pass
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
         def do_GET(self):  # noqa: N802
             url = urlparse(self.path)
@@ -182,20 +173,20 @@ def serve(host: str, port: int, feed: PreviewFeed, device_id: str, health, token
             if token is not None and not hmac.compare_digest(given.encode(), token.encode()):
                 if url.path == "/":
                     log.warning("preview: refused an opening from %s (no or wrong token)", self.client_address[0])
-                return self._send(401, b"preview: a token is required (?token=...)\n", "text/plain")
+                return self.send(401, b"preview: a token is required (?token=...)\n", "text/plain")
             feed.asked()
             if url.path == "/":
                 log.info("preview opened from %s at %s%s", self.client_address[0], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          " (token)" if token else "")
                 q = f"?token={given}" if token else ""
-                return self._send(200, PAGE.format(device=device_id, q=q).encode(), "text/html; charset=utf-8")
+                return self.send(200, PAGE.format(device=device_id, q=q).encode(), "text/html; charset=utf-8")
             latest = feed.latest()
             if url.path == "/frame.jpg":
                 if latest is None:
                     blank = np.zeros((90, 320, 3), np.uint8)
                     cv2.putText(blank, "waiting for a frame", (10, 50), cv2.FONT_HERSHEY_SIMPLEX, 0.7, TEXT, 2)
-                    return self._send(200, cv2.imencode(".jpg", blank)[1].tobytes(), "image/jpeg")
-                return self._send(200, annotate(*latest), "image/jpeg")
+                    return self.send(200, cv2.imencode(".jpg", blank)[1].tobytes(), "image/jpeg")
+                return self.send(200, annotate(*latest), "image/jpeg")
             if url.path == "/status.json":
                 h = health()
                 body = {"device": device_id, "motion": latest[2] if latest else None,
@@ -205,8 +196,8 @@ def serve(host: str, port: int, feed: PreviewFeed, device_id: str, health, token
                                                           "outbox_backlog", "receipts_pending", "gps", "gps_fix_age_s", "cpu_temp_c",
                                                           "rss_mb",
                                                           "stage_ms", "source")}}
-                return self._send(200, json.dumps(body, default=str).encode(), "application/json")
-            return self._send(404, b"no such page\n", "text/plain")
+                return self.send(200, json.dumps(body, default=str).encode(), "application/json")
+            return self.send(404, b"no such page\n", "text/plain")
 
     srv = ThreadingHTTPServer((host, port), Handler)
     srv.daemon_threads = True

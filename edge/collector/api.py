@@ -11,15 +11,15 @@ without a user and a case; every query is audited.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from edge.collector.governance import DAY_MS, AccessDenied, Governance, NeedsApproval
 from edge.collector.query import Query, search
+from edge.httpserve import Handler as BaseHandler
 
 
 def parse_time(v: str, name: str = "time") -> int:
@@ -86,28 +86,8 @@ FAIL_LIMIT = Governance.LOGIN_FAIL_LIMIT  # failed logins from one address in a 
 def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(BaseHandler):
         server_version = "edge-collector"
-
-        def log_message(self, fmt, *args):  # the audit log is the record; keep stderr quiet
-            pass
-
-        def reply(self, code: int, body: dict | list) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def send_text(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
         def do_GET(self):  # noqa: N802
             if urlparse(self.path).path == "/healthz":  # liveness for a load balancer: no token, nothing told
@@ -139,7 +119,7 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
                     from edge.metrics import CONTENT_TYPE, CollectorMetrics, render
 
                     body = render(CollectorMetrics(gov.s, health))
-                return self.send_text(200, body, CONTENT_TYPE)
+                return self.send(200, body, CONTENT_TYPE)
             if url.path == "/v1/policy":
                 with lock:
                     text, digest = gov.use_policy()
