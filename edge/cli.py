@@ -303,7 +303,8 @@ def cmd_provision(args) -> int:
     ca = Path(args.ca_dir)
     try:
         if args.what == "ca":
-            print(f"CA certificate: {init_ca(ca)} (keep ca.key offline)")
+            print(f"CA certificate: {init_ca(ca)} (keep ca.key offline; hotlist-signing.key goes to the collector: "
+                  "edge collect --hotlist-key)")
         elif args.what == "server":
             # the broker's own name is always one of its names; --san adds more
             names = list(dict.fromkeys([args.name, *(args.san or [])]))

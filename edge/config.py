@@ -191,6 +191,26 @@ class HomeAssistantSection(Section):
     discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
 
 
+class HotlistSection(Section):
+    enabled: bool = Field(default=False, description="match reads against the collector's signed hotlist and raise alerts")
+    public_key: Path | None = Field(default=None, description="the collector's hotlist-signing.pub (edge provision device "
+                                    "puts it in the bundle)")
+    path: Path | None = Field(default=None, description="where the installed bundle is kept; default <state_dir>/hotlist.bundle")
+    repeat_window_s: float = Field(default=60, ge=0, description="the same entry matched again this soon is the same alert")
+
+    @model_validator(mode="after")
+    def _key(self, info: ValidationInfo):
+        if not self.enabled:
+            return self
+        if self.public_key is None:
+            raise ValueError("enabled needs public_key, the collector's hotlist-signing.pub")
+        if info.context and info.context.get("offline"):
+            info.context.setdefault("unchecked", []).append(f"hotlist.public_key: {self.public_key} not checked (it lives on the device)")
+        elif not Path(self.public_key).is_file():
+            raise ValueError(f"public_key {self.public_key} does not exist")
+        return self
+
+
 def loopback(host: str) -> bool:
     """Whether HOST (an address or localhost) is this machine's loopback."""
     import ipaddress
@@ -255,10 +275,22 @@ class Config(Section):
     metrics: MetricsSection = MetricsSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     preview: PreviewSection = PreviewSection()
+    hotlist: HotlistSection = HotlistSection()
 
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or (self.device.state_dir / "outbox.db")
+
+    @property
+    def hotlist_path(self) -> Path:
+        return self.hotlist.path or (self.device.state_dir / "hotlist.bundle")
+
+    @model_validator(mode="after")
+    def _sealed_alerts(self):
+        if self.hotlist.enabled and self.outbox.key_file is None:
+            raise ValueError("hotlist.enabled needs outbox.key_file: an alert names the plate it matched, and this device "
+                             "keeps no listed plate in clear")
+        return self
 
     @model_validator(mode="after")
     def _identity(self):

@@ -10,7 +10,10 @@ Topics (prefix `lpr/v1` by default):
     <prefix>/<device_id>/status   {"state": "online"|"offline", ...}, QoS 1, retained
     <prefix>/<device_id>/health   periodic health JSON, QoS 0
     <prefix>/<device_id>/receipts {"stored": [read_id, ...], "refused": [read_id, ...]} from the collector,
-                                  QoS 1, read by this device only (when receipts are on)
+                                  QoS 1, read by this device only (when receipts are on); alert ids too
+    <prefix>/<device_id>/alerts   one Alert (edge.record, lpr.alert/1), QoS 1, sent before any read
+    <prefix>/<device_id>/hotlist/manifest, .../hotlist/part/<n>
+                                  the signed hotlist bundle (edge.hotlist) from the collector, retained
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class MqttSettings:
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
     base = f"{prefix.rstrip('/')}/{device_id}"
-    return {"reads": f"{base}/reads", "status": f"{base}/status", "health": f"{base}/health", "receipts": f"{base}/receipts"}
+    return {"reads": f"{base}/reads", "status": f"{base}/status", "health": f"{base}/health", "receipts": f"{base}/receipts",
+            "alerts": f"{base}/alerts", "hotlist": f"{base}/hotlist"}
 
 
 @dataclass
@@ -74,8 +78,13 @@ class MqttTransport:
 
     def __init__(self, settings: MqttSettings, device_id: str, on_ack: Callable[[int, object], None],
                  on_lost: Callable[[], None], on_ready: Callable[[], None],
-                 on_receipt: Callable[[bytes], None] | None = None):
+                 on_receipt: Callable[[bytes], None] | None = None,
+                 on_hotlist: Callable[[str, int, bytes], None] | None = None,
+                 status_extra: Callable[[], dict] | None = None):
+        """`on_hotlist(kind, part index, payload)`: the collector's hotlist messages ("manifest" or
+        "part"); `status_extra`: more for the retained `online` status (site, hotlist version)."""
         self.s = settings
+        self.on_hotlist, self.status_extra = on_hotlist, status_extra
         self.device_id = device_id
         self.t = topics(settings.topic_prefix, device_id)
         self.stats = PublisherStats()
@@ -89,6 +98,8 @@ class MqttTransport:
         body: dict = {"state": state, "device_id": self.device_id}
         if state == "online":  # ISO 8601 UTC, as the health message and the records write time
             body["time"] = iso_utc()
+            if self.status_extra:
+                body.update(self.status_extra())
         return json.dumps(body)
 
     def _make_client(self) -> mqtt.Client:
@@ -122,6 +133,8 @@ class MqttTransport:
         self.stats.protocol = "5" if self._proto == mqtt.MQTTv5 else "3.1.1"
         if self.s.receipts:
             client.subscribe(self.t["receipts"], qos=1)
+        if self.on_hotlist:
+            client.subscribe(self.t["hotlist"] + "/#", qos=1)
         client.publish(self.t["status"], self._status("online"), qos=1, retain=True)
         log.info("connected to %s:%s (MQTT %s)", self.s.host, self.s.port, self.stats.protocol)
         self.on_ready()
@@ -144,6 +157,15 @@ class MqttTransport:
                 self.on_receipt(msg.payload)
             except Exception as e:  # a bad receipt must never stop the connection's thread
                 log.warning("receipt not understood: %s", e)
+        elif msg.topic.startswith(self.t["hotlist"] + "/") and self.on_hotlist and msg.payload:
+            rest = msg.topic[len(self.t["hotlist"]) + 1 :]
+            try:
+                if rest == "manifest":
+                    self.on_hotlist("manifest", 0, msg.payload)
+                elif rest.startswith("part/") and rest[5:].isdigit():
+                    self.on_hotlist("part", int(rest[5:]), msg.payload)
+            except Exception as e:  # a bad bundle must never stop the connection's thread
+                log.warning("hotlist message on %s not handled: %s", msg.topic, e)
 
     @property
     def connected(self) -> bool:

@@ -10,11 +10,13 @@ SD card's boot partition:
       device.crt       this device's client certificate (CN = device id = MQTT username)
       device.key       its private key (mode 0600; moved into /etc/edge on first boot)
       hostname         the hostname to set
+      hotlist.pub      the collector's hotlist signing key, public half (bundles it did not sign are refused)
   or, with --password: mqtt-password (0600) instead of device.crt/device.key, and a line to add
   to the broker's password file (`broker-passwd.line`, PBKDF2-SHA512 as mosquitto_passwd writes it).
 
 The CA folder holds two authorities: `ca` signs the broker's certificate and the devices', and
-`collectors-ca` signs only collectors'. The broker takes devices on one listener (their CA; the
+`collectors-ca` signs only collectors'; `hotlist-signing.key` (Ed25519) is the collector's, to sign the
+hotlist bundles it sends the devices. The broker takes devices on one listener (their CA; the
 certificate's CN is their username and their client id) and collectors on another (the collectors'
 CA), so no device certificate, whatever its name, can act as a collector or take a collector's MQTT
 session. `devices.crl` lists the device certificates `edge provision revoke` has withdrawn; every
@@ -133,8 +135,8 @@ def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650
     """The deployment's CA folder: the devices' and broker's CA, the collectors' CA and an empty
     revocation list. A folder made before the collectors had their own CA gets what it lacks."""
     ca_dir = Path(ca_dir).absolute()
-    have = {n for n in ("ca.key", "collectors-ca.key", "devices.crl") if (ca_dir / n).exists()}
-    if len(have) == 3:
+    have = {n for n in ("ca.key", "collectors-ca.key", "devices.crl", "hotlist-signing.key") if (ca_dir / n).exists()}
+    if len(have) == 4:
         raise ProvisionError(f"a CA already exists in {ca_dir} (refusing to overwrite ca.key)")
     with _writing(ca_dir) as files:
         if "ca.key" in have:
@@ -149,6 +151,14 @@ def init_ca(ca_dir: Path, name: str = "edge-lpr deployment CA", days: int = 3650
             files["collectors-ca.crt"] = (_cert_pem(ccert), False)
         if "devices.crl" not in have:
             files["devices.crl"] = (_crl(key, cert, []), False)
+        if "hotlist-signing.key" not in have:  # the collector signs hotlist bundles; devices get the public half
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            hk = Ed25519PrivateKey.generate()
+            files["hotlist-signing.key"] = (hk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()), True)
+            files["hotlist-signing.pub"] = (hk.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                          serialization.PublicFormat.SubjectPublicKeyInfo), False)
     return ca_dir / "ca.crt"
 
 
@@ -297,6 +307,8 @@ def device_toml(spec: DeviceSpec, etc: str = "/etc/edge") -> str:
         "[mqtt]", f'host = "{esc(spec.broker_host)}"', f"port = {spec.broker_port}", "tls = true", f'cafile = "{etc}/ca.crt"', *auth,
         "receipts = true  # a read leaves the outbox when the collector has stored it, not when the broker took it", "",
         "[outbox]", 'key_file = "credential:outbox.key"  # made on the device at first boot: queued reads are sealed with it', "",
+        "[hotlist]", "enabled = true  # match reads against the collector's signed list of vehicles of possible interest",
+        f'public_key = "{etc}/hotlist.pub"', "",
     ])
 
 
@@ -313,7 +325,11 @@ def make_bundle(ca_dir: Path, out: Path, spec: DeviceSpec) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ProvisionError(f"{out} is not empty (refusing to overwrite a bundle)")
     _load_ca(ca_dir)  # there, and a key with its certificate
-    files = {"ca.crt": ((ca_dir / "ca.crt").read_bytes(), False)}
+    if not (ca_dir / "hotlist-signing.pub").exists():
+        raise ProvisionError(f"{ca_dir} has no hotlist-signing.pub (a CA folder made before hotlists): run "
+                             f"`edge provision ca --ca-dir {ca_dir}` once, it adds what is missing")
+    files = {"ca.crt": ((ca_dir / "ca.crt").read_bytes(), False),
+             "hotlist.pub": ((ca_dir / "hotlist-signing.pub").read_bytes(), False)}
     if spec.password:
         pw = secrets.token_urlsafe(24)
         files["mqtt-password"] = ((pw + "\n").encode(), True)

@@ -172,6 +172,29 @@ class Read(Strict):
         return cls.model_validate_json(data)
 
 
+MatchKind = Literal["exact", "look-alike", "one-edit"]
+ALERT_SCHEMA_ID = "lpr.alert/1"
+
+
+class Alert(Strict):
+    """A device's alert: a read matched a hotlist entry (edge.hotlist) before its pass was over. It
+    names the entry by id, never by plate; the pass's own read follows under the same read id."""
+
+    schema_: Literal["lpr.alert/1"] = Field(default="lpr.alert/1", alias="schema")
+    alert_id: str = Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    entry: str = Field(pattern=r"^HL-[0-9a-f]{8}$", description="the hotlist entry matched")
+    kind: MatchKind
+    bundle: int = Field(ge=0, le=2**53, description="the version of the hotlist bundle that matched")
+    first_read: UtcTime = Field(description="the frame in which the track's plate was first read")
+    seen: UtcTime = Field(description="the frame in which the match was made")
+    read: Read
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
 def json_schema() -> dict:
     s = Read.model_json_schema(by_alias=True)
     s["$id"] = "https://edge-lpr.invalid/schema/read-v1.json"

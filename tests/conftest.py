@@ -170,7 +170,8 @@ def store(request, tmp_path):
             for stmt in EXPOSURE:
                 s.execute(stmt)
         with s.tx():
-            for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures"):
+            for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures",
+                      "hotlist", "hotlist_devices", "hotlist_bundles", "alerts"):
                 s.execute(f"DELETE FROM {t}")
     yield s
     s.close()

@@ -51,7 +51,7 @@ def main() -> int:
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (d / "outbox.key").write_bytes(os.urandom(32))
     b = d / "soak-1"
-    denv = {**os.environ, "EDGE_MQTT__CAFILE": str(b / "ca.crt"), "EDGE_MQTT__CERTFILE": str(b / "device.crt"),
+    denv = {**os.environ, "EDGE_MQTT__CAFILE": str(b / "ca.crt"), "EDGE_MQTT__CERTFILE": str(b / "device.crt"), "EDGE_HOTLIST__PUBLIC_KEY": str(b / "hotlist.pub"),
             "EDGE_MQTT__KEYFILE": str(b / "device.key"), "EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(broker.port),
             "EDGE_MQTT__RECEIPT_WAIT_S": "5", "EDGE_OUTBOX__KEY_FILE": str(d / "outbox.key"),
             "EDGE_DEVICE__STATE_DIR": str(d / "state"), "EDGE_OUTBOX__PATH": str(d / "state" / "outbox.db"),

@@ -51,7 +51,7 @@ def test_home_assistant_finds_the_device_its_last_plate_and_crop(tmp_path):
         watcher = ha_client(b.port, d, live)
         (d / "outbox.key").write_bytes(os.urandom(32))
         bundle = d / "dev-h"
-        env = {**os.environ, "EDGE_MQTT__CAFILE": str(bundle / "ca.crt"), "EDGE_MQTT__CERTFILE": str(bundle / "device.crt"),
+        env = {**os.environ, "EDGE_MQTT__CAFILE": str(bundle / "ca.crt"), "EDGE_MQTT__CERTFILE": str(bundle / "device.crt"), "EDGE_HOTLIST__PUBLIC_KEY": str(bundle / "hotlist.pub"),
                "EDGE_MQTT__KEYFILE": str(bundle / "device.key"), "EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(b.port),
                "EDGE_MQTT__RECEIPTS": "false", "EDGE_OUTBOX__KEY_FILE": str(d / "outbox.key"),
                "EDGE_DEVICE__STATE_DIR": str(d / "state"), "EDGE_HOMEASSISTANT__ENABLED": "true", "EDGE_MQTT__HEALTH_INTERVAL_S": "1"}

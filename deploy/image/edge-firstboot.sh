@@ -20,7 +20,7 @@ fi
 
 install -d -m 0750 -o root -g "$SVC_USER" "$ETC"
 install -d -m 0750 -o root -g "$SVC_USER" "$ETC/credentials"
-for f in device.toml ca.crt device.crt; do
+for f in device.toml ca.crt device.crt hotlist.pub; do
   [ -f "$BUNDLE/$f" ] && install -m 0640 -o root -g "$SVC_USER" "$BUNDLE/$f" "$ETC/$f"
 done
 # secrets: 0600, owned by the service user; the unit hands them over with LoadCredential=

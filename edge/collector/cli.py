@@ -99,8 +99,34 @@ def cmd_collect(args) -> int:
     if not 0 <= args.session_expiry <= 30 * 86400:
         print(f"edge collect: error: --session-expiry {args.session_expiry}: expected 0 to {30 * 86400} seconds", file=sys.stderr)
         return 2
+    from edge.collector.hotlist import Alerts, Distributor, Fanout, Hotlists, load_signing_key
+
+    signing_file = args.hotlist_key or os.environ.get("EDGE_COLLECTOR_HOTLIST_KEY")
+    secret_file = args.alert_webhook_secret or os.environ.get("EDGE_COLLECTOR_WEBHOOK_SECRET")
+    try:
+        signing = load_signing_key(Path(signing_file)) if signing_file else None
+        secret = Path(secret_file).read_bytes().strip() if secret_file else None
+    except ValueError as e:
+        print(f"edge collect: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"edge collect: error: --alert-webhook-secret {secret_file}: {e.strerror}", file=sys.stderr)
+        return 2
+    if args.alert_webhook and not secret:
+        print("edge collect: error: --alert-webhook needs --alert-webhook-secret FILE (EDGE_COLLECTOR_WEBHOOK_SECRET): "
+              "its receiver checks each call's signature", file=sys.stderr)
+        return 2
+    alerts = Alerts(gov)
+    dist: Distributor | None = None
     col = Collector(gov.s, host, port, group=args.group, client_id=args.client_id, tls=tls,
-                    session_expiry_s=args.session_expiry)
+                    session_expiry_s=args.session_expiry, alerts=alerts,
+                    on_status=(lambda t, p: dist.status(t, p) if dist else None) if signing else None)
+    if args.alert_webhook or args.alert_topic:
+        alerts.fanout = Fanout(alerts.get, webhook=args.alert_webhook, secret=secret, mqtt_topic=args.alert_topic,
+                               mqtt_publish=lambda t, p, r: col.client.publish(t, p, qos=1, retain=r),
+                               counter=lambda name: gov.s.bump(name))
+    if signing:
+        dist = Distributor(Hotlists(gov), signing, lambda t, p, r: col.client.publish(t, p, qos=1, retain=r))
     srv = None
     if args.http:  # every port bound before the broker hears of us: a busy port leaves no session behind
         from edge.collector.api import make_server
@@ -123,6 +149,18 @@ def cmd_collect(args) -> int:
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     if srv:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
+    if dist:
+        def distribute() -> None:
+            while not stop.wait(0.25):
+                try:
+                    dist.tick()
+                except Exception as e:  # the store or the broker away for a moment: the next tick tries again
+                    logging.getLogger("edge.collector").warning("hotlist distribution: %s", e)
+                    gov.s.recover()
+
+        threading.Thread(target=distribute, name="hotlist", daemon=True).start()
+    else:
+        print("hotlists: not distributed (no --hotlist-key); alerts from devices are still taken", flush=True)
     print(f"collecting from {args.mqtt} ($share/{args.group}) into {redact_db_url(args.db)}", flush=True)
     last_ret = time.monotonic()
     while not stop.wait(args.health_interval):
@@ -439,6 +477,95 @@ def cmd_bench_collector(args) -> int:
     return 0
 
 
+def _hotlists(args):
+    from edge.collector.hotlist import Hotlists
+
+    gov = _gov(args)
+    return gov, Hotlists(gov, default_days=float(os.environ.get("EDGE_COLLECTOR_HOTLIST_DAYS", 30)),
+                         max_days=float(os.environ.get("EDGE_COLLECTOR_HOTLIST_MAX_DAYS", 90)))
+
+
+def cmd_hotlist(args) -> int:
+    """edge hotlist add|approve|list|remove|import: entries proposed by one person, approved by another."""
+    from edge.collector.api import parse_time
+    from edge.collector.governance import AccessDenied
+
+    gov, hl = _hotlists(args)
+    actor = _actor(gov, args)
+    try:
+        if args.action == "add":
+            until = parse_time(args.until, "--until") if args.until else None
+            eid = hl.propose(actor, args.case or "", args.plate, args.reason or "", region=args.region, site=args.site,
+                             lookalike=not args.exact, days=args.days, until_ms=until)
+            print(f"proposed {eid}; a supervisor who did not propose it approves it: edge hotlist approve {eid}", file=sys.stderr)
+            print(eid)
+        elif args.action == "import":
+            try:
+                text = Path(args.file).read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise CollectorUserError(f"cannot read {args.file}: {getattr(e, 'strerror', None) or e}") from None
+            batch, ids = hl.import_csv(actor, args.case or "", text, lookalike=not args.exact)
+            print(f"imported {len(ids)} entries as {batch}; a supervisor approves them all: edge hotlist approve {batch}",
+                  file=sys.stderr)
+            print(batch)
+        elif args.action == "approve":
+            ids = hl.approve(actor, args.ref)
+            print(f"approved {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}: they reach the devices within seconds")
+        elif args.action == "remove":
+            hl.remove(actor, args.ref, args.reason or "")
+            print(f"removed {args.ref}: it leaves the devices' lists within seconds")
+        else:
+            now = gov.now_ms()
+            rows = hl.list(actor, args.case, include_ended=args.all)
+            for e in rows:
+                if args.json:
+                    print(json.dumps({"id": e.id, "plate": e.plate, "state": e.state(now), "case": e.case_id, "reason": e.reason,
+                                      "region": e.region, "site": e.site, "lookalike": e.lookalike, "expires": _ms(e.expires),
+                                      "requested_by": e.requested_by, "approved_by": e.approved_by, "batch": e.batch}))
+                else:
+                    print(f"{e.id}  {e.plate:<10} {e.state(now):<8} case {e.case_id:<12} until {_ms(e.expires)}  "
+                          f"by {e.requested_by}{' approved by ' + e.approved_by if e.approved_by else ''}  {e.reason}")
+            print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}", file=sys.stderr)
+    except (AccessDenied, ValueError) as e:
+        for line in str(e).splitlines():
+            print(f"edge hotlist {args.action}: error: {line}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_alerts(args) -> int:
+    """edge alerts [list] --case C | edge alerts ack ALERT --note TEXT."""
+    from edge.collector.governance import AccessDenied
+    from edge.collector.hotlist import Alerts
+
+    gov = _gov(args)
+    actor = _actor(gov, args)
+    al = Alerts(gov)
+    try:
+        if args.action == "ack":
+            if not args.alert:
+                raise CollectorUserError("alerts ack needs the ALERT id")
+            al.ack(actor, args.alert, args.note or "")
+            print(f"alert {args.alert} acknowledged")
+            return 0
+        if not args.case:
+            raise CollectorUserError("alerts are shown for a case: --case CASE-ID")
+        rows = al.list(actor, args.case, unacked=args.unacked, limit=args.limit)
+    except (AccessDenied, ValueError) as e:
+        print(f"edge alerts: error: {e}", file=sys.stderr)
+        return 2
+    for a in rows:
+        if args.json:
+            print(json.dumps(a))
+        else:
+            flags = ",".join(a["flags"]) or "-"
+            ack = f"acked by {a['acked_by']}" if a["acked_by"] else "NOT ACKED"
+            print(f"{a['seen']}  {a['plate']:<10} {a['kind']:<10} {a['entry']}  {a['camera'] or '-':<12} {a['site'] or '-':<16} "
+                  f"flags {flags:<12} {ack}  {a['alert_id']}")
+    print(f"{len(rows)} alert(s)", file=sys.stderr)
+    return 0
+
+
 def token_args(p, who: str) -> None:
     """--token and --token-file: who the command acts as (see _actor)."""
     p.add_argument("--token", help=who)
@@ -464,6 +591,12 @@ def register(sub) -> None:
     c.add_argument("--cafile", help="TLS: the deployment CA")
     c.add_argument("--certfile", help="TLS: the collector's client certificate (CN collector)")
     c.add_argument("--keyfile", help="TLS: its key")
+    c.add_argument("--hotlist-key", help="the Ed25519 key that signs hotlist bundles for the devices (hotlist-signing.key "
+                                         "from edge provision ca; env EDGE_COLLECTOR_HOTLIST_KEY); without it no list is sent")
+    c.add_argument("--alert-webhook", metavar="URL", help="POST each new alert here, signed (X-Edge-Signature)")
+    c.add_argument("--alert-webhook-secret", metavar="FILE", help="the webhook's HMAC key (env EDGE_COLLECTOR_WEBHOOK_SECRET)")
+    c.add_argument("--alert-topic", metavar="TOPIC", help="also publish each new alert (no plate, no image) under "
+                                                          "TOPIC/<site>, e.g. lpr/alerts for Home Assistant or Node-RED")
     c.set_defaults(func=cmd_collect)
 
     q = sub.add_parser("query", help="collector: search reads (audited, needs a case)")
@@ -566,6 +699,36 @@ def register(sub) -> None:
     r.add_argument("--cache-hours", type=float, default=4.0)
     token_args(r, "an admin's API token (or EDGE_TOKEN)")
     r.set_defaults(func=cmd_retention)
+
+    hl = sub.add_parser("hotlist", help="collector: vehicles of possible interest (proposed by one person, approved by another)")
+    hl.add_argument("action", choices=["add", "approve", "list", "remove", "import"])
+    hl.add_argument("ref", nargs="?", help="approve: HL-... or an import's HB-...; remove: HL-...")
+    db(hl)
+    token_args(hl, "your API token (or EDGE_TOKEN)")
+    hl.add_argument("--case", help="the open case the entry serves (add, import; list: an investigator's case)")
+    hl.add_argument("--plate", help="add: the plate")
+    hl.add_argument("--reason", help="add: why the vehicle is of interest; remove: why it no longer is")
+    hl.add_argument("--region", help="add: where the plate is registered, if known (us, uk, br, us-ca ...)")
+    hl.add_argument("--site", help="add: only the devices of this site match it (default: every device)")
+    hl.add_argument("--days", type=float, help="add: how long it lasts (default 30, at most the policy's 90)")
+    hl.add_argument("--until", help="add: when it ends (ISO time with offset), instead of --days")
+    hl.add_argument("--exact", action="store_true", help="match the plate exactly: no look-alikes, no one-character slips")
+    hl.add_argument("--file", help="import: a CSV file of plate,region,reason,expiry")
+    hl.add_argument("--all", action="store_true", help="list: expired and removed entries too")
+    hl.add_argument("--json", action="store_true")
+    hl.set_defaults(func=cmd_hotlist)
+
+    al = sub.add_parser("alerts", help="collector: alerts raised by the devices for a case's hotlist entries")
+    al.add_argument("action", nargs="?", default="list", choices=["list", "ack"])
+    al.add_argument("alert", nargs="?", help="ack: the alert id")
+    db(al)
+    token_args(al, "your API token (or EDGE_TOKEN)")
+    al.add_argument("--case", help="list: the case whose alerts to show")
+    al.add_argument("--unacked", action="store_true", help="list: only alerts no officer has acknowledged")
+    al.add_argument("--note", help="ack: what was done")
+    al.add_argument("--limit", type=int, default=200)
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_alerts)
 
     b = sub.add_parser("bench-collector", help="collector: ingest reads/s with 20 KB images")
     db(b)

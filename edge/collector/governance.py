@@ -490,6 +490,7 @@ class Governance:
         now = self.now_ms()
         cutoff = now - int(self.p.retention_days * DAY_MS)
         hard = now - int(self.p.max_hold_days * DAY_MS)
+        self._plate_key()  # made (if need be) before the transaction below, which may name plates by reference
         with self.s.tx():
             held = "SELECT cr.read_id FROM case_reads cr JOIN cases c ON c.id = cr.case_id WHERE c.status = 'open'"
             old = self.s.query(f"SELECT read_id FROM reads WHERE (ts < ? AND read_id NOT IN ({held})) OR ts < ?", (cutoff, hard))
@@ -499,9 +500,18 @@ class Governance:
                 marks = ",".join("?" * len(chunk))
                 self.s.execute(f"DELETE FROM case_reads WHERE read_id IN ({marks})", chunk)
                 self.s.execute(f"DELETE FROM reads WHERE read_id IN ({marks})", chunk)
+            # alerts past retention go too, unless their case is still open
+            gone_alerts = self.s.execute("DELETE FROM alerts WHERE received < ? AND (case_id IS NULL OR case_id NOT IN "
+                                         "(SELECT id FROM cases WHERE status = 'open'))", (cutoff,)).rowcount
             gone_images = self.s.execute(
                 "DELETE FROM images WHERE hash NOT IN (SELECT plate_image FROM reads WHERE plate_image IS NOT NULL) "
-                "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE vehicle_image IS NOT NULL)").rowcount
+                "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE vehicle_image IS NOT NULL) "
+                "AND hash NOT IN (SELECT plate_image FROM alerts WHERE plate_image IS NOT NULL)").rowcount
+            # hotlist entries ended (expired or removed) before the cutoff keep their record, not their plate
+            ended = self.s.query("SELECT id, plate FROM hotlist WHERE plate NOT LIKE ? AND "
+                                 "(expires < ? OR (removed IS NOT NULL AND removed < ?))", ("plate:%", cutoff, cutoff))
+            for eid, plate in ended:
+                self.s.execute("UPDATE hotlist SET plate = ? WHERE id = ?", (self.plate_ref(plate), eid))
             ttl = int(self.p.cache_ttl_hours * 3_600_000)
             # searches keep no results (a leftover cache table is emptied); a deleted read leaves the budgets too
             gone_cache = self.s.execute("DELETE FROM query_cache WHERE created < ? OR ?", (now - ttl, bool(ids))).rowcount
@@ -515,7 +525,8 @@ class Governance:
                 if new != q:
                     self.s.execute("UPDATE approvals SET query = ? WHERE id = ?", (new, rid))
                     redacted += 1
-        detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "expired_cache": gone_cache,
+        detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "deleted_alerts": gone_alerts,
+                  "hotlist_plates_redacted": len(ended), "expired_cache": gone_cache,
                   "deleted_rejects": gone_rejects, "approvals_redacted": redacted,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
         self.audit(actor, "retention.delete", detail)

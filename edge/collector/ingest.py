@@ -225,16 +225,26 @@ class IngestResult:
 class Ingestor:
     """Validates and stores batches of (topic, payload); thread-safe."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, alerts=None):
         self.store = store
         self.clock = clock
+        self.alerts = alerts  # edge.collector.hotlist.Alerts: messages on .../alerts
         self.lag_ms: deque[float] = deque(maxlen=500)
+        self.alert_ms: deque[float] = deque(maxlen=500)  # first read on the device -> stored here
 
     def ingest(self, batch: list[tuple[str, bytes]]) -> IngestResult:
         res = IngestResult()
         now = int(self.clock() * 1000)
         with self.store.tx():
             for topic, payload in batch:
+                if topic.endswith("/alerts") and self.alerts is not None:
+                    aid, what = self.alerts.ingest(topic, payload, now)
+                    res.outcomes.append((topic, aid, what))
+                    if what == "rejected":
+                        res.rejected += 1
+                    elif what == "conflict":
+                        res.conflict += 1
+                    continue
                 try:
                     rec = validate(payload, topic)
                 except Reject as e:
@@ -283,6 +293,8 @@ class Ingestor:
             "rejected": c.get("rejected", 0),
             "conflict": c.get("conflict", 0),  # a stored read_id sent again with other content: possible forgery
             "lag_ms_median": round(statistics.median(self.lag_ms), 1) if self.lag_ms else None,
+            "alerts": c.get("alerts", 0),
+            "alerts_flagged": c.get("alerts_flagged", 0),
         }
 
 
@@ -292,16 +304,24 @@ class Collector:
     def __init__(self, store: Store, host: str, port: int, group: str = "collectors", topic: str = "lpr/v1/+/reads",
                  client_id: str = "edge-collector", batch_max: int = 200, batch_wait_s: float = 0.05,
                  tls: dict | None = None, username: str | None = None, password: str | None = None,
-                 session_expiry_s: int = SESSION_EXPIRY_S):
+                 session_expiry_s: int = SESSION_EXPIRY_S, alerts=None, on_status: Callable[[str, bytes], None] | None = None):
+        """`alerts` (edge.collector.hotlist.Alerts): also take the devices' alerts (same shared group);
+        `on_status`: also follow every device's retained status (not shared: each collector sees all)."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        self.ing = Ingestor(store)
+        self.ing = Ingestor(store, alerts=alerts)
         self.q: queue.Queue = queue.Queue(maxsize=10000)
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
         self.topic = f"$share/{group}/{topic}"
+        self.topics = [self.topic]
+        if alerts is not None:
+            self.topics.append(f"$share/{group}/{topic.rsplit('/', 1)[0]}/alerts")
+        self.on_status = on_status
+        if on_status is not None:
+            self.topics.append(f"{topic.rsplit('/', 1)[0]}/status")
         self.host, self.port = host, port
         self.stop_event = threading.Event()
         self.connected = threading.Event()
@@ -326,15 +346,21 @@ class Collector:
         if reason_code.is_failure:
             log.error("broker refused the collector: %s", reason_code)
             return
-        client.subscribe(self.topic, qos=1)
+        client.subscribe([(t, 1) for t in self.topics])
         self.connected.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         if any(rc.is_failure for rc in reason_codes):
-            self.refused = f"the broker refused the subscription to {self.topic}: {reason_codes[0]}"
+            bad = [t for t, rc in zip(self.topics, reason_codes, strict=False) if rc.is_failure]
+            self.refused = f"the broker refused the subscription to {', '.join(bad)}: {reason_codes[0]}"
         self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
+        if self.on_status is not None and msg.topic.endswith("/status"):
+            self.on_status(msg.topic, msg.payload)  # only noted: nothing to commit first
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         self.q.put((msg.topic, msg.payload, msg.mid, msg.qos))
 
     def start(self, timeout: float = 30.0) -> None:
@@ -363,6 +389,10 @@ class Collector:
                     break
             outcomes = self._store(batch)
             self._send_receipts(outcomes)
+            if self.ing.alerts is not None:
+                new = [rid for t, rid, what in outcomes if what == "stored" and rid and t.endswith("/alerts")]
+                if new:
+                    self.ing.alerts.stored(new)
             for _, _, mid, qos in batch:
                 if qos > 0:
                     self.client.ack(mid, qos)
@@ -373,9 +403,9 @@ class Collector:
         receipts topic. A receipt lost on the way only makes the device send again, harmlessly."""
         per: dict[str, dict[str, list[str]]] = {}
         for topic, rid, what in outcomes:
-            if rid is None or not topic.endswith("/reads"):
+            if rid is None or not (topic.endswith("/reads") or topic.endswith("/alerts")):
                 continue
-            r = per.setdefault(topic[: -len("reads")] + "receipts", {"stored": [], "refused": []})
+            r = per.setdefault(topic.rsplit("/", 1)[0] + "/receipts", {"stored": [], "refused": []})
             r["stored" if what in ("stored", "duplicate") else "refused"].append(rid)
         for topic, body in per.items():
             self.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)

@@ -67,6 +67,29 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS login_failures (source TEXT NOT NULL, ts BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS query_cache (key TEXT PRIMARY KEY, created BIGINT NOT NULL, result TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    # vehicles of possible interest (edge.collector.hotlist): entries, the devices they go to, the signed
+    # bundles made of them, and the alerts devices raise
+    """CREATE TABLE IF NOT EXISTS hotlist (
+        id TEXT PRIMARY KEY, plate TEXT NOT NULL, lookalike INTEGER NOT NULL, region TEXT, site TEXT, reason TEXT NOT NULL,
+        case_id TEXT NOT NULL, requested_by TEXT NOT NULL, batch TEXT, created BIGINT NOT NULL, expires BIGINT NOT NULL,
+        approved_by TEXT, approved BIGINT, removed_by TEXT, removed BIGINT, remove_reason TEXT, expiry_noted BIGINT
+    )""",
+    "CREATE INDEX IF NOT EXISTS hotlist_case ON hotlist (case_id)",
+    """CREATE TABLE IF NOT EXISTS hotlist_devices (
+        device_id TEXT PRIMARY KEY, site TEXT, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, version BIGINT,
+        sent_version BIGINT, parts INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS hotlist_bundles (
+        scope TEXT NOT NULL, rev BIGINT NOT NULL, version BIGINT NOT NULL, created BIGINT NOT NULL, entries BIGINT NOT NULL,
+        manifest {blob} NOT NULL, parts {blob} NOT NULL, PRIMARY KEY (scope, rev)
+    )""",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        alert_id TEXT PRIMARY KEY, entry_id TEXT NOT NULL, case_id TEXT, device_id TEXT NOT NULL, read_id TEXT NOT NULL,
+        kind TEXT NOT NULL, confirmed TEXT NOT NULL, flags TEXT NOT NULL, first_read BIGINT NOT NULL, seen BIGINT NOT NULL,
+        received BIGINT NOT NULL, camera_id TEXT, site TEXT, plate TEXT NOT NULL, plate_image TEXT, record TEXT NOT NULL,
+        acked_by TEXT, acked BIGINT, ack_note TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS alerts_case ON alerts (case_id, received)",
 ]
 
 

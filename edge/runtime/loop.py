@@ -117,6 +117,7 @@ class FrameLoop:
         self._since_full = 0
         self._last_checkpoint = 0.0
         self.preview: Any = None  # edge.preview.PreviewFeed when the preview is on
+        self.watch: Any = None  # edge.runtime.alerts.AlertWatch when a hotlist is matched
         self._last_c: PlateCandidates | None = None
         h = self.health
         h.provide("frames_dropped", lambda: self.frames.dropped)
@@ -180,6 +181,8 @@ class FrameLoop:
             if self.preview is not None and self.preview.watching():
                 self.preview.frame(frame, self._last_c, "moving" if self.p.motion_gate else "off")
             self._emit(self.tracker.update(obs, frame.t))
+            if self.watch is not None and obs:
+                self.watch.frame(self.tracker.confident_now(frame.t))
             if self.checkpoint and time.monotonic() - self._last_checkpoint > CHECKPOINT_EVERY_S:
                 # frames before this one are finished with: every pass they hold is in the outbox
                 first = self.tracker.first_open_frame()
@@ -246,7 +249,7 @@ class FrameLoop:
     def _emit(self, passes: list[Pass]) -> None:
         for p in passes:
             t0 = time.perf_counter()
-            rec = self.records.build(p)
+            rec = self.records.build(p, read_id=self.watch.passed(p) if self.watch is not None else None)
             self.outbox.put(rec.read_id, self.topic, rec.to_json())
             self.health.time("record_ms", (time.perf_counter() - t0) * 1000)
             self.health.count("reads")

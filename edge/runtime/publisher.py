@@ -24,8 +24,9 @@ class OutboxDrain:
     message id: it is remembered for the record being published, and for nothing else (a reused id
     must never delete a record that was not acknowledged)."""
 
-    def __init__(self, outbox: Outbox, max_inflight: int, on_progress: Callable[[], None]):
-        self.outbox, self.max_inflight, self.on_progress = outbox, max_inflight, on_progress
+    def __init__(self, outbox: Outbox, max_inflight: int, on_progress: Callable[[], None], topic: str = "reads"):
+        """`topic`: which of this device's topics (edge.mqtt.topics) the records go to."""
+        self.outbox, self.max_inflight, self.on_progress, self.topic = outbox, max_inflight, on_progress, topic
         self.stats: PublisherStats | None = None
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
@@ -93,7 +94,7 @@ class OutboxDrain:
                 self._publishing = True
             try:
                 # this device's reads topic as configured now: a read queued under a wrong prefix goes out once it is fixed
-                ok, mid = transport.publish(transport.t["reads"], item.payload, qos=1)
+                ok, mid = transport.publish(transport.t[self.topic], item.payload, qos=1)
             except Exception:
                 with self._lock:
                     self._publishing = False
@@ -127,18 +128,39 @@ class Publisher:
         outbox: Outbox,
         health: Callable[[], dict] | None = None,
         homeassistant: tuple[str, str] | None = None,
+        alerts: Outbox | None = None,
+        hotlist=None,
+        site: str | None = None,
     ):
-        """`homeassistant`: (discovery prefix, device name) to announce this device to Home Assistant."""
+        """`homeassistant`: (discovery prefix, device name) to announce this device to Home Assistant.
+        `alerts`: the alerts outbox, drained before the reads; `hotlist`: the store
+        (edge.runtime.alerts.HotlistStore) the collector's bundles go to."""
         self.s = settings
         self.device_id = device_id
         self.outbox = outbox
+        self.alerts = alerts
+        self.hotlist = hotlist
         self.health = health
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.drain = OutboxDrain(outbox, settings.max_inflight, self._wake.set)
-        self.transport = MqttTransport(settings, device_id, on_ack=self.drain.acked, on_lost=self.drain.lost,
-                                       on_ready=self._wake.set, on_receipt=self._receipt)
+        self.alert_drain = OutboxDrain(alerts, settings.max_inflight, self._wake.set, topic="alerts") if alerts else None
+
+        def acked(mid: int, rc) -> None:  # one message id space: each drain takes only its own
+            self.drain.acked(mid, rc)
+            if self.alert_drain:
+                self.alert_drain.acked(mid, rc)
+
+        def lost() -> None:
+            self.drain.lost()
+            if self.alert_drain:
+                self.alert_drain.lost()
+
+        extra = (lambda: {"site": site or "", "hotlist": hotlist.version}) if hotlist is not None else None
+        self.transport = MqttTransport(settings, device_id, on_ack=acked, on_lost=lost, on_ready=self._wake.set,
+                                       on_receipt=self._receipt, on_hotlist=hotlist.message if hotlist is not None else None,
+                                       status_extra=extra)
         self.receipts_seen = 0
         self.drain.stats = self.transport.stats
         self.ha = homeassistant
@@ -167,6 +189,8 @@ class Publisher:
                 raise ValueError(f"{k}: expected a list of read ids")
             ids[k] = v
         n = self.outbox.receipt(ids["stored"], ids["refused"])
+        if self.alerts is not None:
+            n += self.alerts.receipt(ids["stored"], ids["refused"])
         self.receipts_seen += n
         if ids["refused"]:
             log.warning("the collector refused %d read(s) for good: %s", len(ids["refused"]), ", ".join(ids["refused"][:5]))
@@ -203,6 +227,8 @@ class Publisher:
             if self.transport.fallback:
                 self.transport.switch_to_311()
             if self.transport.connected:
+                if self.alert_drain:  # alerts first: a read backlog never holds one up
+                    self.alert_drain.send(self.transport)
                 self.drain.send(self.transport)
                 if self.health and time.monotonic() >= next_health:
                     try:
@@ -230,11 +256,15 @@ class Publisher:
         """Wait until the outbox is empty (everything acknowledged) or the timeout passes."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.outbox.backlog() == 0:
+            if self.backlog() == 0:
                 return True
             self._wake.set()
             time.sleep(0.05)
-        return self.outbox.backlog() == 0
+        return self.backlog() == 0
+
+    def backlog(self) -> int:
+        """Reads and alerts not yet delivered."""
+        return self.outbox.backlog() + (self.alerts.backlog() if self.alerts is not None else 0)
 
     def stop(self, flush_timeout: float = 5.0) -> None:
         if self.transport.connected:

@@ -95,13 +95,14 @@ class RecordBuilder:
                    mode=f.mode if f else None, fix_age_s=fa.age_s, accuracy_m=f.accuracy_m if f else None,
                    speed_mps=f.speed_mps if f else None, heading_deg=f.heading_deg if f else None, source=fa.source)
 
-    def build(self, p: Pass) -> Read:
+    def build(self, p: Pass, read_id: str | None = None) -> Read:
+        """`read_id`: the id this pass already has (its track raised an alert that named it)."""
         x1, y1, x2, y2 = p.best.box
         gps = self.gps_at(p.best.t)
         heading = gps.heading_deg if self.identity.camera.mounting == "vehicle" else None
         utc = p.best.utc or datetime.now(UTC)
         return Read(
-            read_id=self.read_id(p),
+            read_id=read_id or self.read_id(p),
             time=utc,
             plate=Plate(
                 text=p.text,

@@ -167,6 +167,7 @@ class Runner:
                             receipt_wait_s=cfg.mqtt.receipt_wait_s)
         except OutboxError as e:
             raise RunError(str(e), EXIT_RUNTIME) from None
+        alerts, hotlist = self._hotlist(outbox_path, outbox)
         state_key = None
         start_frame, utc0, ended = 0, None, False
         if self.o.replay:
@@ -199,7 +200,8 @@ class Runner:
         gps = build_gps(cfg)
         gps.start()
         ha = (cfg.homeassistant.discovery_prefix, cfg.camera.site or cfg.camera.id) if cfg.homeassistant.enabled else None
-        pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox, homeassistant=ha) if self.o.publish else None
+        pub = Publisher(mqtt_settings(cfg), cfg.device.id, outbox, homeassistant=ha, alerts=alerts, hotlist=hotlist,
+                        site=cfg.camera.site) if self.o.publish else None
         checkpoint = None
         if state_key and isinstance(source, VideoFileSource):
             video, key = source, state_key
@@ -211,6 +213,14 @@ class Runner:
                         notify=pub.notify if pub else None, read_id=replay_read_id(state_key) if state_key else None,
                         checkpoint=checkpoint)
         self.pipeline = pl
+        if alerts is not None and hotlist is not None:
+            from edge.runtime.alerts import AlertWatch
+
+            pl.watch = AlertWatch(hotlist, alerts, pl.records, pub.t["alerts"] if pub else "alerts", cfg.hotlist.repeat_window_s,
+                                  notify=pub.notify if pub else None)
+            pl.health.provide("hotlist", hotlist.health)
+            pl.health.provide("alerts_backlog", alerts.backlog)
+            pl.health.provide("alerts", lambda: pl.watch.alerts)
         if pub:
             pub.health = pl.health.snapshot
             pub.start()
@@ -279,7 +289,7 @@ class Runner:
             delivered = pub.flush(self.o.flush_timeout_s)
             pub.stop(flush_timeout=0.5)
             if not delivered:
-                n, waiting = outbox.backlog(), outbox.awaiting_receipt()
+                n, waiting = pub.backlog(), outbox.awaiting_receipt() + (alerts.awaiting_receipt() if alerts else 0)
                 if waiting:
                     why = (f"the broker took {waiting} read(s) but no receipt from the collector came (is it running, and "
                            f"are this device's topics allowed?)")
@@ -292,7 +302,7 @@ class Runner:
             metrics.shutdown()
         if preview is not None:
             preview.shutdown()
-        done = failure is None and (pub is None or outbox.backlog() == 0)
+        done = failure is None and (pub is None or pub.backlog() == 0)
         if state_key and done:
             # every read delivered: the next replay of this clip plays it afresh. A replay stopped (Ctrl-C,
             # SIGTERM) with reads left, or a crash (kill -9, power loss), leaves its position to resume from
@@ -301,10 +311,36 @@ class Runner:
                 print(f"edge replay: stopped at frame {pl.health['captured']}; the next replay of this clip starts from "
                       "the beginning", file=sys.stderr)
         outbox.close()
+        if alerts is not None:
+            alerts.close()
         if scratch and done:  # nothing left to deliver, no position to resume: the replay's own outbox goes
-            for f in (outbox_path, Path(f"{outbox_path}-wal"), Path(f"{outbox_path}-shm")):
-                f.unlink(missing_ok=True)
+            for base in (outbox_path, self._alerts_path(outbox_path)):
+                for f in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
+                    f.unlink(missing_ok=True)
         return code
+
+    @staticmethod
+    def _alerts_path(outbox_path: Path) -> Path:
+        return outbox_path.with_name(outbox_path.stem + "-alerts.db")
+
+    def _hotlist(self, outbox_path: Path, outbox: Outbox):
+        """(alerts outbox, hotlist store) when [hotlist] is on, else (None, None)."""
+        cfg = self.cfg
+        if not cfg.hotlist.enabled or cfg.hotlist.public_key is None:
+            return None, None
+        from edge.hotlist import BundleError, load_public_key
+        from edge.outbox import OutboxError
+        from edge.runtime.alerts import HotlistStore
+
+        try:
+            key = load_public_key(cfg.hotlist.public_key)
+            alerts = Outbox(self._alerts_path(outbox_path), key=outbox_key(cfg), max_age_s=cfg.outbox.max_age_days * 86400,
+                            max_bytes=int(cfg.outbox.max_mb * 1e6), min_free_bytes=int(cfg.outbox.min_free_mb * 1e6),
+                            receipts=cfg.mqtt.receipts and self.o.publish, receipt_wait_s=cfg.mqtt.receipt_wait_s)
+        except (BundleError, OutboxError) as e:
+            outbox.close()
+            raise RunError(str(e), EXIT_USAGE if isinstance(e, BundleError) else EXIT_RUNTIME) from None
+        return alerts, HotlistStore(cfg.hotlist_path, key)
 
     def _outbox_path(self, source_spec: str) -> tuple[Path, bool]:
         """The outbox, and whether it is the replay's own. A replay whose outbox is not named

@@ -50,7 +50,8 @@ class Pass:
     frames: int
     direction: Direction
     lateral: Lateral
-    reason: Literal["ended", "max_duration", "flush"]
+    reason: Literal["ended", "max_duration", "flush", "open"]
+    track: int = 0  # the track's id ("open": a track still in view, as it stands now)
 
 
 def iou(a, b) -> float:
@@ -164,12 +165,39 @@ class Tracker:
         self.tracks = []
         return out
 
-    def _finish(self, tr: Track, reason: Literal["ended", "max_duration", "flush"]) -> Pass | None:
+    def _confident(self, tr: Track) -> tuple[str, float, tuple[float, ...], list[Candidate]] | None:
+        """The track's vote when it is sure enough to publish."""
         if len(tr.obs) < self.c.min_frames:
             return None
         text, conf, cc, cands = vote(tr.obs)
         if conf < self.c.min_confidence or len(text) < PLATE_MIN_CHARS or length_share(tr.obs, len(text)) < self.c.min_length_share:
             return None
+        return text, conf, cc, cands
+
+    def _pass(self, tr: Track, voted, reason) -> Pass:
+        text, conf, cc, cands = voted
+        with_image = [o for o in tr.obs if o.payload is not None]
+        agreeing = [o for o in with_image if o.text == text] or with_image or [o for o in tr.obs if o.text == text] or tr.obs
+        best = max(agreeing, key=lambda o: (o.confidence, o.box[2] - o.box[0]))
+        towards, lateral = direction(tr.obs, tr.obs[0].frame_size[0], self.c.towards_ratio, self.c.lateral_frac)
+        return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), towards, lateral, reason, tr.id)
+
+    def confident_now(self, t: float) -> list[Pass]:
+        """The open tracks seen at time t whose vote is already sure enough to publish, as they stand
+        (what a hotlist is checked against before the vehicle has left)."""
+        out = []
+        for tr in self.tracks:
+            if not tr.emitted and tr.last.t == t:
+                voted = self._confident(tr)
+                if voted:
+                    out.append(self._pass(tr, voted, "open"))
+        return out
+
+    def _finish(self, tr: Track, reason: Literal["ended", "max_duration", "flush"]) -> Pass | None:
+        voted = self._confident(tr)
+        if voted is None:
+            return None
+        text = voted[0]
         t0 = tr.obs[0].t
         self.recent = [(x, t) for x, t in self.recent if t0 - t <= self.c.repeat_window_s]
         if any(text_similarity(text, x) >= 0.8 for x, _ in self.recent):
@@ -177,11 +205,7 @@ class Tracker:
             self.recent.append((text, tr.last.t))
             return None
         self.recent.append((text, tr.last.t))
-        with_image = [o for o in tr.obs if o.payload is not None]
-        agreeing = [o for o in with_image if o.text == text] or with_image or [o for o in tr.obs if o.text == text] or tr.obs
-        best = max(agreeing, key=lambda o: (o.confidence, o.box[2] - o.box[0]))
-        towards, lateral = direction(tr.obs, tr.obs[0].frame_size[0], self.c.towards_ratio, self.c.lateral_frac)
-        return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), towards, lateral, reason)
+        return self._pass(tr, voted, reason)
 
     # ---------------------------------------------------------- what the frame loop asks
 

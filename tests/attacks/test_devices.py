@@ -177,7 +177,8 @@ def bundle_env(pki: Path, dev: str, tmp: Path, port: int) -> dict:
         key.write_bytes(os.urandom(32))
     return {"EDGE_OUTBOX__KEY_FILE": str(key), **os.environ, "EDGE_MQTT__CAFILE": str(b / "ca.crt"), "EDGE_MQTT__CERTFILE": str(b / "device.crt"),
             "EDGE_MQTT__KEYFILE": str(b / "device.key"), "EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(port),
-            "EDGE_DEVICE__STATE_DIR": str(tmp / f"state-{dev}"), "EDGE_CAMERA__SOURCE": str(CLIP)}
+            "EDGE_DEVICE__STATE_DIR": str(tmp / f"state-{dev}"), "EDGE_CAMERA__SOURCE": str(CLIP),
+            "EDGE_HOTLIST__PUBLIC_KEY": str(b / "hotlist.pub")}
 
 
 def replay(pki, dev, tmp, port, *extra, env_extra=None, timeout=300):
