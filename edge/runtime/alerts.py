@@ -93,7 +93,9 @@ class AlertWatch:
         rid = self._read_ids.get(p.track)
         rec = self.records.build(p, read_id=rid)
         self._read_ids[p.track] = rec.read_id
-        first = p.first.utc or utc
+        # the frame in which the plate was first read: the track's first read that matches this entry
+        first = next((u for text, u in p.history if u is not None and (h := b.match(text, now_s=utc.timestamp())) is not None
+                      and h.entry_id == m.entry_id), None) or p.first.utc or utc
         # one read, one entry: one alert id, so a replay resumed after a crash raises no second alert
         aid = uuid7(int(utc.timestamp() * 1000), hashlib.sha256(f"{rec.read_id}|{m.entry_id}".encode()).digest()[:10])
         alert = Alert(alert_id=aid, entry=m.entry_id, kind=m.kind, bundle=b.version,

@@ -11,7 +11,7 @@ and the first frame an open track still needs (`first_open_frame`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ class Pass:
     lateral: Lateral
     reason: Literal["ended", "max_duration", "flush", "open"]
     track: int = 0  # the track's id ("open": a track still in view, as it stands now)
+    history: tuple[tuple[str, datetime | None], ...] = ()  # "open" passes: each read of the track so far (text, UTC)
 
 
 def iou(a, b) -> float:
@@ -183,14 +184,22 @@ class Tracker:
         return Pass(text, conf, cc, cands, best, tr.obs[0], tr.last, len(tr.obs), towards, lateral, reason, tr.id)
 
     def confident_now(self, t: float) -> list[Pass]:
-        """The open tracks seen at time t whose vote is already sure enough to publish, as they stand
-        (what a hotlist is checked against before the vehicle has left)."""
+        """What a hotlist is checked against before the vehicle has left: for each open track seen at
+        time t, its vote when that is already sure enough to publish, and its read in this frame when
+        that alone is (a vote of a few frames lags a plate coming into focus)."""
         out = []
         for tr in self.tracks:
-            if not tr.emitted and tr.last.t == t:
-                voted = self._confident(tr)
-                if voted:
-                    out.append(self._pass(tr, voted, "open"))
+            if tr.emitted or tr.last.t != t:
+                continue
+            history = tuple((o.text, o.utc) for o in tr.obs)
+            voted = self._confident(tr)
+            if voted:
+                out.append(replace(self._pass(tr, voted, "open"), history=history))
+            o = tr.last
+            if (o.confidence >= self.c.min_confidence and len(o.text) >= PLATE_MIN_CHARS
+                    and (voted is None or voted[0] != o.text)):
+                one = (o.text, o.confidence, o.char_confidences, [Candidate(o.text, o.confidence, 1)])
+                out.append(replace(self._pass(tr, one, "open"), history=history))
         return out
 
     def _finish(self, tr: Track, reason: Literal["ended", "max_duration", "flush"]) -> Pass | None:
