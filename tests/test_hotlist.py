@@ -238,3 +238,46 @@ def test_no_false_alert_on_the_fixture_clips(tmp_path):
     readable = [p for p in listed if p != "682105"]  # clip 09's plate is made unreadable
     assert sorted(alerted) == sorted(readable), alerted  # each listed plate alerted once, nothing else
     assert all(a["kind"] == "exact" for a in got if a["read"]["plate"]["text"] == plate_of[a["entry"]])
+
+
+def test_the_api_keeps_the_same_rules(hl):
+    import json as _json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from edge.collector.api import make_server
+
+    gov = hl.g
+    tok = {name: gov.add_user("setup", name + "2", role) for name, role in (("ivy", "investigator"), ("sue", "supervisor"),
+                                                                            ("vic", "viewer"))}
+    srv = make_server(gov, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def call(method, path, who, body=None):
+        req = urllib.request.Request(base + path, method=method, data=_json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {tok[who]}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, _json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, _json.loads(e.read())
+
+    try:
+        code, d = call("POST", "/v1/hotlist", "ivy", {"case": "C-1", "plate": "AB12CD", "reason": "stolen"})
+        assert code == 201, d
+        eid = d["id"]
+        assert call("POST", f"/v1/hotlist/{eid}/approve", "ivy")[0] == 403
+        assert call("POST", "/v1/hotlist", "vic", {"case": "C-1", "plate": "AB12CE", "reason": "x"})[0] == 403
+        assert call("POST", f"/v1/hotlist/{eid}/approve", "sue") == (200, {"approved": [eid]})
+        code, d = call("GET", "/v1/hotlist?case=C-1", "ivy")
+        assert code == 200 and [(e["id"], e["state"]) for e in d["entries"]] == [(eid, "active")]
+        code, d = call("POST", "/v1/hotlist/import", "ivy", {"case": "C-1", "csv": "XY12AB,us,x,\nbad plate!,us,x,\n"})
+        assert code == 400 and d["errors"] == ["line 2: plate 'BADPLATE!' has characters other than A-Z and 0-9"], d
+        assert call("POST", "/v1/hotlist", "ivy", {"case": "C-1"})[0] == 400  # no plate: one clear answer
+        assert call("POST", "/v1/alerts/nope/ack", "ivy", {"note": "x"})[0] == 400
+        assert call("GET", "/v1/alerts?case=C-1", "vic")[0] == 403
+        assert call("GET", "/v1/alerts?case=C-1", "ivy") == (200, {"count": 0, "alerts": []})
+    finally:
+        srv.shutdown()

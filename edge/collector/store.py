@@ -201,7 +201,9 @@ class Store:
         """A transaction; `exclusive` serialises writers across processes (audit chain)."""
         with self.lock:
             if self.engine == "sqlite":
-                self.conn.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+                # always IMMEDIATE: a deferred transaction that reads and then writes is refused at once
+                # ("database is locked", no waiting) when another process wrote in between
+                self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self
                 except BaseException:
