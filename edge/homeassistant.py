@@ -10,10 +10,13 @@ documents them, all on one HA device:
     sensor        outbox_backlog   reads not yet delivered
     binary_sensor online           the retained status topic (`online`, last will `offline`)
     image         plate_crop       the last plate crop, a binary JPEG on its own retained topic
+    binary_sensor hotlist_match    with [hotlist] on: ON at each alert (the entry's id and the match kind as
+                                   attributes, never the plate), off again after 30 s
 
 States go to `<prefix>/<device_id>/ha/state` (JSON) and `<prefix>/<device_id>/ha/plate_crop` (JPEG).
 What this exposes: every plate the camera reads and its crop, to whoever may read those topics,
-outside the collector's audited, case-bound access. The broker's ACL gives that to one user
+outside the collector's audited, case-bound access; with hotlists on, which of those plates are
+listed (the last plate at the moment of a match). The broker's ACL gives that to one user
 (`homeassistant`), never `lpr/v1/+/reads`.
 """
 
@@ -25,8 +28,11 @@ from collections.abc import Iterator
 
 from edge import __version__
 
+MATCH_OFF_S = 30  # the match sensor turns off by itself this long after an alert
 
-def entities(device_id: str, prefix: str, discovery_prefix: str, camera_name: str = "") -> Iterator[tuple[str, dict]]:
+
+def entities(device_id: str, prefix: str, discovery_prefix: str, camera_name: str = "",
+             hotlist: bool = False) -> Iterator[tuple[str, dict]]:
     """(topic, payload) of each discovery message."""
     base = f"{prefix.rstrip('/')}/{device_id}"
     state, status = f"{base}/ha/state", f"{base}/status"
@@ -51,6 +57,10 @@ def entities(device_id: str, prefix: str, discovery_prefix: str, camera_name: st
     yield one("binary_sensor", "online", "Online", state_topic=status, value_template="{{ value_json.state }}",
               payload_on="online", payload_off="offline", device_class="connectivity")
     yield one("image", "plate_crop", "Last plate crop", image_topic=f"{base}/ha/plate_crop", content_type="image/jpeg", **avail)
+    if hotlist:
+        yield one("binary_sensor", "hotlist_match", "Vehicle of interest", state_topic=f"{base}/ha/alert",
+                  value_template="{{ value_json.state }}", payload_on="ON", json_attributes_topic=f"{base}/ha/alert",
+                  off_delay=MATCH_OFF_S, icon="mdi:car-search", **avail)
 
 
 class HaState:
@@ -64,6 +74,12 @@ class HaState:
         self.backlog: int | None = None
         self.dirty = False
         self.crop_dirty = False
+        self.alerts: list[str] = []  # match messages not yet published
+
+    def alert(self, a) -> None:
+        """An alert (edge.record.Alert): the match sensor's message, with no plate in it."""
+        self.alerts.append(json.dumps({"state": "ON", "entry": a.entry, "kind": a.kind, "time": a.seen.isoformat(),
+                                       "camera": a.read.camera.id}))
 
     def read(self, rec) -> None:
         self.plate, self.time = rec.plate.text, rec.time.isoformat()

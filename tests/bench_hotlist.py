@@ -45,7 +45,7 @@ def bench_matching(n: int) -> None:
     load_s = time.perf_counter() - t
     listed = {e.plate for e in es}
     rounds = []
-    for r in range(5):
+    for _r in range(5):
         reads = ["".join(rnd.choice(A) for _ in range(7)) for _ in range(2000)]
         reads = [x for x in reads if x not in listed]
         t = time.perf_counter()

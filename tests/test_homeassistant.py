@@ -71,7 +71,8 @@ def test_home_assistant_finds_the_device_its_last_plate_and_crop(tmp_path):
         later.loop_stop()
         kept = {t: p for t, p, retained in fresh if retained}
         configs = {t: json.loads(p) for t, p in kept.items() if t.startswith("homeassistant/") and t.endswith("/config")}
-        assert len(configs) == 6, sorted(configs)
+        assert len(configs) == 7, sorted(configs)  # the six, and the hotlist match sensor ([hotlist] is on)
+        assert "homeassistant/binary_sensor/dev-h/hotlist_match/config" in configs
         for topic, body in configs.items():
             component, node, obj, _ = topic.split("/")[1:]
             assert node == "dev-h" and REQUIRED[component] <= set(body), (topic, body)

@@ -4,7 +4,6 @@ clips against a list of plates near theirs."""
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -63,11 +62,11 @@ def test_no_one_person_lists_and_approves_a_plate(hl):
     with pytest.raises(ValueError, match="at most 90 days"):
         hl.propose("ivy", "C-1", "AB12CE", "x", days=91)
     # an investigator sees their case's entries; every listing is audited, and the log names no plate
-    assert [e.id for e in hl.list("ian", "C-1")] == [eid, own]
+    assert [e.id for e in hl.show("ian", "C-1")] == [eid, own]
     with pytest.raises(AccessDenied):
-        hl.list("ian")
+        hl.show("ian")
     with pytest.raises(AccessDenied):
-        hl.list("vic", "C-1")
+        hl.show("vic", "C-1")
     log = hl.s.query("SELECT action, detail FROM audit ORDER BY seq")
     actions = [a for a, _ in log]
     assert {"hotlist.propose", "hotlist.approve", "hotlist.list"} <= set(actions)
@@ -91,7 +90,7 @@ def test_entries_expire_by_themselves_and_removal_is_audited(hl):
     assert hl.expire_due() == [short]
     assert hl.expire_due() == []  # noted once
     assert sorted(e.plate for e in hl.active("")) == ["KEEP123"]
-    states = {e.id: e.state(hl.g.now_ms()) for e in hl.list("sam", include_ended=True)}
+    states = {e.id: e.state(hl.g.now_ms()) for e in hl.show("sam", include_ended=True)}
     assert states == {short: "expired", long: "active", gone: "removed"}
     actions = [r[0] for r in hl.s.query("SELECT action FROM audit WHERE action LIKE ? ORDER BY seq", ("hotlist.%",))]
     assert actions.count("hotlist.expire") == 1 and actions.count("hotlist.remove") == 1

@@ -167,7 +167,10 @@ def test_the_readme_as_a_new_user_types_it(tmp_path, db):
     assert "car.jpg  CF69542" in out  # edge read, then the Python API
     assert re.search(r"^CF69542 [01]\.\d+$", out, re.M)
     # the one-day search and the approved movement history each find the read the device's bundle sent
-    found = [x for x in out.splitlines() if "DW03NTE" in x and "gate-north-01-cam North crossing" in x]
+    found = [x for x in out.splitlines() if "DW03NTE" in x and "gate-north-01-cam North crossing" in x and " HL-" not in x]
     assert len(found) == 2 and "needs approval" in out and re.search(r"^approved APR-[0-9a-f]+$", out, re.M), out[-3000:]
+    # the listed plate alerted while the van was in view, and an officer acknowledged it
+    assert re.search(r"DW03NTE\s+(exact|look-alike|one-edit)\s+HL-[0-9a-f]{8}\s+gate-north-01-cam", out), out[-3000:]
+    assert re.search(r"^alert [0-9a-f-]{36} acknowledged$", out, re.M), out[-3000:]
     assert (work / "car-plates.jpg").exists() and (work / "out" / "eval-misreads.html").exists()
     assert (work / "collector.db").exists() == (db == "sqlite")  # the collector used the database it was given

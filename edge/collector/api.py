@@ -178,11 +178,11 @@ def make_server(gov: Governance, host: str, port: int, health=None) -> Threading
 
         def listing(self, user: str, path: str, p: dict) -> tuple[int, dict]:
             if path == "/v1/alerts":
-                rows = alerts.list(user, p.get("case", ""), unacked=p.get("unacked") in ("1", "true"),
+                rows = alerts.show(user, p.get("case", ""), unacked=p.get("unacked") in ("1", "true"),
                                    limit=int(number(p.get("limit", "200"), "limit")))
                 return 200, {"count": len(rows), "alerts": rows}
             now = gov.now_ms()
-            entries = hotlists.list(user, p.get("case"), include_ended=p.get("all") in ("1", "true"))
+            entries = hotlists.show(user, p.get("case"), include_ended=p.get("all") in ("1", "true"))
             return 200, {"count": len(entries), "entries": [{**e.__dict__, "state": e.state(now)} for e in entries]}
 
         def body(self) -> dict:

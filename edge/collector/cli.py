@@ -516,15 +516,15 @@ def cmd_hotlist(args) -> int:
             print(f"removed {args.ref}: it leaves the devices' lists within seconds")
         else:
             now = gov.now_ms()
-            rows = hl.list(actor, args.case, include_ended=args.all)
-            for e in rows:
+            rows = hl.show(actor, args.case, include_ended=args.all)
+            for ent in rows:
                 if args.json:
-                    print(json.dumps({"id": e.id, "plate": e.plate, "state": e.state(now), "case": e.case_id, "reason": e.reason,
-                                      "region": e.region, "site": e.site, "lookalike": e.lookalike, "expires": _ms(e.expires),
-                                      "requested_by": e.requested_by, "approved_by": e.approved_by, "batch": e.batch}))
+                    print(json.dumps({"id": ent.id, "plate": ent.plate, "state": ent.state(now), "case": ent.case_id, "reason": ent.reason,
+                                      "region": ent.region, "site": ent.site, "lookalike": ent.lookalike, "expires": _ms(ent.expires),
+                                      "requested_by": ent.requested_by, "approved_by": ent.approved_by, "batch": ent.batch}))
                 else:
-                    print(f"{e.id}  {e.plate:<10} {e.state(now):<8} case {e.case_id:<12} until {_ms(e.expires)}  "
-                          f"by {e.requested_by}{' approved by ' + e.approved_by if e.approved_by else ''}  {e.reason}")
+                    print(f"{ent.id}  {ent.plate:<10} {ent.state(now):<8} case {ent.case_id:<12} until {_ms(ent.expires)}  "
+                          f"by {ent.requested_by}{' approved by ' + ent.approved_by if ent.approved_by else ''}  {ent.reason}")
             print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}", file=sys.stderr)
     except (AccessDenied, ValueError) as e:
         for line in str(e).splitlines():
@@ -550,12 +550,14 @@ def cmd_alerts(args) -> int:
             return 0
         if not args.case:
             raise CollectorUserError("alerts are shown for a case: --case CASE-ID")
-        rows = al.list(actor, args.case, unacked=args.unacked, limit=args.limit)
+        rows = al.show(actor, args.case, unacked=args.unacked, limit=args.limit)
     except (AccessDenied, ValueError) as e:
         print(f"edge alerts: error: {e}", file=sys.stderr)
         return 2
     for a in rows:
-        if args.json:
+        if args.ids:
+            print(a["alert_id"])
+        elif args.json:
             print(json.dumps(a))
         else:
             flags = ",".join(a["flags"]) or "-"
@@ -727,6 +729,7 @@ def register(sub) -> None:
     al.add_argument("--unacked", action="store_true", help="list: only alerts no officer has acknowledged")
     al.add_argument("--note", help="ack: what was done")
     al.add_argument("--limit", type=int, default=200)
+    al.add_argument("--ids", action="store_true", help="list: print only the alert ids, one per line")
     al.add_argument("--json", action="store_true")
     al.set_defaults(func=cmd_alerts)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge.collector.governance import DAY_MS, AccessDenied, Governance
-from edge.collector.store import Store, dumps, sha256
+from edge.collector.store import Store, sha256
 from edge.hotlist import ALERT_SCHEMA, ONE_EDIT_MIN_CHARS, Entry, compile_bundle
 from edge.plates import PLATE_MAX_CHARS, PLATE_MIN_CHARS, PLATE_TEXT, fold
 from edge.tracking import edit_distance
@@ -150,7 +150,8 @@ class Hotlists:
         self.g.require(actor, "investigator", "supervisor")
         self.g.check_case(case_id)
         now = self.g.now_ms()
-        rows, problems = [], []
+        rows: list[tuple[str, str | None, str, int]] = []
+        problems: list[str] = []
         seen: dict[str, int] = {}
         for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
             if not row or all(not c.strip() for c in row):
@@ -242,14 +243,14 @@ class Hotlists:
             self._bump()
         self.g.audit(actor, "hotlist.remove", {"id": eid, "case": e.case_id, "reason": reason.strip()[:MAX_REASON]})
 
-    def list(self, actor: str, case_id: str | None = None, include_ended: bool = False) -> list[HotlistEntry]:
+    def show(self, actor: str, case_id: str | None = None, include_ended: bool = False) -> list[HotlistEntry]:
         """Entries with their plates: an investigator names the case; a supervisor may see every
         case's (the approval queue). Audited."""
         role = self.g.require(actor, "investigator", "supervisor")
         if case_id is None and role != "supervisor":
             raise AccessDenied("name the case whose entries you need (--case); a supervisor may list every case's")
-        if case_id is not None:
-            self.g.check_case(case_id) if role != "supervisor" else None
+        if case_id is not None and role != "supervisor":
+            self.g.check_case(case_id)
         self.expire_due()
         now = self.g.now_ms()
         sql, params = f"SELECT {COLUMNS} FROM hotlist", []
@@ -397,7 +398,8 @@ class Distributor:
             return
         if not isinstance(d, dict) or d.get("state") != "online" or d.get("device_id") != dev:
             return
-        site = d.get("site") if isinstance(d.get("site"), str) else ""
+        claimed = d.get("site")
+        site: str = claimed if isinstance(claimed, str) else ""
         have = d.get("hotlist") if isinstance(d.get("hotlist"), int) else None
         now = self.h.g.now_ms()
         r = self.s.one("SELECT site FROM hotlist_devices WHERE device_id = ?", (dev,))
@@ -495,14 +497,14 @@ class Alerts:
             dev = topic.split("/")[-2] if topic.count("/") >= 2 else ""
             if rec.device.id != dev:
                 raise AlertReject(f"alert's device {rec.device.id!r} does not match the topic's device {dev!r}")
-            e = self.s.one(f"SELECT {COLUMNS} FROM hotlist WHERE id = ?", (a.entry,))
-            if e is None:
+            row = self.s.one(f"SELECT {COLUMNS} FROM hotlist WHERE id = ?", (a.entry,))
+            if row is None:
                 raise AlertReject(f"alert names no known hotlist entry ({a.entry})")
         except AlertReject as err:
             self.s.insert_reject(now_ms, topic, str(err), payload)
             rid = obj.get("alert_id") if isinstance(locals().get("obj"), dict) else None
             return (rid if isinstance(rid, str) and len(rid) <= 64 else None), "rejected"
-        entry = _entry(e)
+        entry = _entry(row)
         seen_ms = int(a.seen.timestamp() * 1000)
         flags = []
         if entry.removed and entry.removed <= seen_ms:
@@ -551,7 +553,7 @@ class Alerts:
         r = self.s.one(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = ?", (alert_id,))
         return _alert(r) if r else None
 
-    def list(self, actor: str, case_id: str, unacked: bool = False, limit: int = 200) -> list[dict]:
+    def show(self, actor: str, case_id: str, unacked: bool = False, limit: int = 200) -> list[dict]:
         """The alerts of a case's entries, newest first, for the investigators and supervisors who name it."""
         self.g.require(actor, "investigator", "supervisor")
         self.g.check_case(case_id)

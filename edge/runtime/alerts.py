@@ -65,7 +65,8 @@ class HotlistStore:
 
 class AlertWatch:
     def __init__(self, store: HotlistStore, outbox: Outbox, records: RecordBuilder, topic: str, repeat_window_s: float = 60.0,
-                 notify: Callable[[], None] | None = None, clock: Callable[[], float] | None = None):
+                 notify: Callable[[Alert], None] | None = None, clock: Callable[[], float] | None = None):
+        """`notify(alert)`: an alert is in the outbox (the publisher wakes; Home Assistant hears of it)."""
         self.store, self.outbox, self.records, self.topic = store, outbox, records, topic
         self.repeat_window_s = repeat_window_s
         self.notify = notify
@@ -104,7 +105,7 @@ class AlertWatch:
         self.alerts += 1
         log.warning("hotlist: alert %s: entry %s (%s) at camera %s", alert.alert_id, m.entry_id, m.kind, rec.camera.id)
         if self.notify:
-            self.notify()
+            self.notify(alert)
 
     def frame(self, open_passes: list[Pass]) -> None:
         """The tracks seen in this frame that are sure enough to publish, as they stand."""

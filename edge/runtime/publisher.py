@@ -197,6 +197,12 @@ class Publisher:
         if n:
             self._wake.set()
 
+    def alert_made(self, alert) -> None:
+        """An alert was raised (and is in its outbox): Home Assistant's match sensor follows it."""
+        if self.ha_state:
+            self.ha_state.alert(alert)
+        self._wake.set()
+
     def read_made(self, rec) -> None:
         """A read was made (and is in the outbox): Home Assistant's state follows it."""
         if self.ha_state:
@@ -207,12 +213,14 @@ class Publisher:
         assert self.ha and self.ha_state
         if self._announced != self.transport.stats.connects:  # each (re)connection: the broker may have lost them
             self._announced = self.transport.stats.connects
-            for topic, body in entities(self.device_id, self.s.topic_prefix, self.ha[0], self.ha[1]):
+            for topic, body in entities(self.device_id, self.s.topic_prefix, self.ha[0], self.ha[1], hotlist=self.hotlist is not None):
                 self.transport.publish(topic, json.dumps(body), qos=1, retain=True)
             self.ha_state.dirty = True
         if self.ha_state.dirty:
             self.ha_state.dirty = False
             self.transport.publish(f"{self.t['reads'][:-len('reads')]}ha/state", self.ha_state.payload(), qos=1, retain=True)
+        while self.ha_state.alerts:
+            self.transport.publish(f"{self.t['reads'][:-len('reads')]}ha/alert", self.ha_state.alerts.pop(0), qos=1)
         if self.ha_state.crop_dirty and self.ha_state.crop:
             self.ha_state.crop_dirty = False
             self.transport.publish(f"{self.t['reads'][:-len('reads')]}ha/plate_crop", self.ha_state.crop, qos=1, retain=True)

@@ -33,6 +33,7 @@ EXIT_USAGE = 2  # bad config or arguments
 EXIT_SOURCE = 3  # camera missing, video unreadable
 EXIT_BROKER = 4  # reads could not be delivered (kept in the outbox)
 EXIT_RUNTIME = 5  # models or outbox unusable
+HOTLIST_WAIT_S = 5.0  # a replay on a device with no hotlist yet waits this long for the collector's
 
 
 class RunError(Exception):
@@ -217,7 +218,7 @@ class Runner:
             from edge.runtime.alerts import AlertWatch
 
             pl.watch = AlertWatch(hotlist, alerts, pl.records, pub.t["alerts"] if pub else "alerts", cfg.hotlist.repeat_window_s,
-                                  notify=pub.notify if pub else None)
+                                  notify=pub.alert_made if pub else None)
             pl.health.provide("hotlist", hotlist.health)
             pl.health.provide("alerts_backlog", alerts.backlog)
             pl.health.provide("alerts", lambda: pl.watch.alerts)
@@ -263,6 +264,14 @@ class Runner:
             say("%s", " ".join(line.split()))
         if pub and not pub.wait_connected(3.0):
             log.warning("broker %s:%s not reachable yet; reads are kept in the outbox until it is", cfg.mqtt.host, cfg.mqtt.port)
+        elif pub and hotlist is not None and hotlist.version == 0 and self.o.replay:
+            # a replay with no list yet waits a moment for the collector's, so that what it alerts on does not
+            # depend on how fast the list came (a live camera starts at once and matches once it is there)
+            end = time.monotonic() + HOTLIST_WAIT_S
+            while hotlist.version == 0 and time.monotonic() < end and not self.stop_event.is_set():
+                time.sleep(0.05)
+            if hotlist.version == 0:
+                log.warning("hotlist: no list from the collector within %g s; this replay matches nothing", HOTLIST_WAIT_S)
         code = EXIT_OK
         failure: Exception | None = None
         try:

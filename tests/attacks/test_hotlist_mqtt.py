@@ -55,8 +55,8 @@ def edge(col, *args, token=None):
     return run_edge(*args, "--db", col.db, *(("--token", token) if token else ()), env=col.env)
 
 
-def device_replay(pki, dev, tmp, port, clip, *extra, fast=False, timeout=300):
-    env = bundle_env(pki, dev, tmp, port)
+def device_replay(pki, dev, tmp, port, clip, *extra, fast=False, timeout=300, env_extra=None):
+    env = {**bundle_env(pki, dev, tmp, port), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "edge.cli", "replay", str(CLIPS / clip), "--config", str(pki / dev / "device.toml"),
                            "--json", *(("--fast",) if fast else ()), *extra], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -117,10 +117,11 @@ def test_a_listed_plate_alerts_at_the_collector_within_a_second(tmp_path, pki, b
                                  "--alert-topic", "lpr/alerts")
     ha = client(broker.port, pki, "ha", "homeassistant", cert=(tmp_path / "ha" / "homeassistant.crt", tmp_path / "ha" / "homeassistant.key"))
     assert ha is not None
-    ha.subscribe("lpr/alerts/#", qos=1)
+    ha.subscribe([("lpr/alerts/#", 1), ("lpr/v1/+/ha/alert", 1)])
     try:
         get_bundle(pki, "dev-a", tmp_path, broker)
-        r = device_replay(pki, "dev-a", tmp_path, broker.port, "02_lane_speed.mp4", "--flush-timeout", "30")  # the recorded rate
+        r = device_replay(pki, "dev-a", tmp_path, broker.port, "02_lane_speed.mp4", "--flush-timeout", "30",  # the recorded rate
+                          env_extra={"EDGE_HOMEASSISTANT__ENABLED": "true"})
         assert r.returncode == 0, r.stderr
         got = wait(lambda: len(alerts(col)) >= 3 and alerts(col))
         by_entry = {a["entry_id"]: a for a in got}
@@ -146,15 +147,18 @@ def test_a_listed_plate_alerts_at_the_collector_within_a_second(tmp_path, pki, b
         s.close()
         assert "alert.ack" in actions and "alert.list" in actions
         # fanned out: the webhook signed, with the plate; the MQTT topic without plate or image
-        assert wait(lambda: len(hook.calls) >= 3 and len(ha.got) >= 3), (len(hook.calls), ha.got)
+        fanned = lambda: [(t, p) for t, p in ha.got if t.startswith("lpr/alerts/")]  # noqa: E731
+        assert wait(lambda: len(hook.calls) >= 3 and len(fanned()) >= 3), (len(hook.calls), ha.got)
         key = secret.read_bytes().strip()
         for headers, body in hook.calls:
             assert verify_webhook(key, headers["x-edge-timestamp"], body, headers["x-edge-signature"])
             assert not verify_webhook(key, headers["x-edge-timestamp"], body + b" ", headers["x-edge-signature"])
         assert {json.loads(b)["plate"] for _, b in hook.calls} == {a["plate"] for a in got}
-        for topic, payload in ha.got:
-            assert topic.startswith("lpr/alerts/")
+        for _topic, payload in ha.got:
             assert not any(p.encode() in payload for p in (*LISTED, "FR01544", "02ZYA4")), payload
+        # Home Assistant's match sensor: ON at each alert, with the entry's id and no plate
+        matches = [json.loads(p) for t, p in ha.got if t == "lpr/v1/dev-a/ha/alert"]
+        assert sorted(m["entry"] for m in matches) == sorted(by_entry) and {m["state"] for m in matches} == {"ON"}
         # nothing on the device's disk names a listed plate in clear (bundle: hashes; outboxes: sealed)
         files = [f for f in (tmp_path / "state-dev-a").rglob("*") if f.is_file()]
         assert any(f.name == "hotlist.bundle" for f in files)
