@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
 
@@ -98,7 +99,9 @@ class CollectorMetrics:
         for key, doc in (("received", "messages taken from the broker"), ("stored", "reads stored"),
                          ("duplicate", "reads received again (stored once)"),
                          ("conflict", "stored read ids sent again with other content: possible forgeries"),
-                         ("rejected", "messages refused by ingest")):
+                         ("rejected", "messages refused by ingest"), ("alerts", "hotlist alerts stored"),
+                         ("alerts_flagged", "alerts stored flagged (entry expired or withdrawn, plate not confirmed, "
+                                            "other region)")):
             m = CounterMetricFamily(f"edge_collector_{key}", doc)
             m.add_metric([], c.get(key, 0))
             yield m
@@ -118,6 +121,15 @@ class CollectorMetrics:
         pending = s.one("SELECT COUNT(*) FROM approvals WHERE approver IS NULL")
         g = GaugeMetricFamily("edge_collector_approvals_pending", "movement-history requests waiting for a supervisor")
         g.add_metric([], float(pending[0]))
+        yield g
+        unacked = s.one("SELECT COUNT(*) FROM alerts WHERE acked IS NULL")
+        g = GaugeMetricFamily("edge_collector_alerts_unacknowledged", "alerts no officer has acknowledged yet")
+        g.add_metric([], float(unacked[0]))
+        yield g
+        active = s.one("SELECT COUNT(*) FROM hotlist WHERE approved IS NOT NULL AND removed IS NULL AND expires > ?",
+                       (int(time.time() * 1000),))
+        g = GaugeMetricFamily("edge_collector_hotlist_entries", "hotlist entries in force")
+        g.add_metric([], float(active[0]))
         yield g
         lag = (self.health() if self.health else {}).get("lag_ms_median")
         if lag is not None:

@@ -280,3 +280,37 @@ def test_the_api_keeps_the_same_rules(hl):
         assert call("GET", "/v1/alerts?case=C-1", "ivy") == (200, {"count": 0, "alerts": []})
     finally:
         srv.shutdown()
+
+
+def test_an_alert_for_an_expired_or_withdrawn_entry_is_kept_and_flagged(hl):
+    from edge.collector.hotlist import Alerts
+
+    from .test_collector import good
+
+    live = hl.propose("ivy", "C-1", "QQ1234Q", "x", days=1)
+    gone = hl.propose("ivy", "C-1", "QQ5678Q", "x")
+    for e in (live, gone):
+        hl.approve("sue", e)
+    hl.remove("ivy", gone, "recovered")
+    al = Alerts(hl.g)
+
+    def alert(i: int, entry: str, text: str, offset_s: float) -> bytes:
+        from datetime import UTC, datetime, timedelta
+
+        read = json.loads(good(i, datetime.fromtimestamp(hl.clock.t + offset_s, UTC), text=text, device="dev-a"))
+        return json.dumps({"schema": "lpr.alert/1", "alert_id": read["read_id"], "entry": entry, "kind": "exact", "bundle": 1,
+                           "first_read": read["time"], "seen": read["time"], "read": read}).encode()
+
+    now = hl.g.now_ms()
+    first = alert(1, live, "QQ1234Q", 60)
+    with hl.s.tx():
+        got = [al.ingest("lpr/v1/dev-a/alerts", first, now),
+               al.ingest("lpr/v1/dev-a/alerts", alert(2, gone, "QQ5678Q", 60), now),
+               al.ingest("lpr/v1/dev-a/alerts", alert(3, live, "QQ1234Q", 2 * DAY), now),
+               al.ingest("lpr/v1/dev-b/alerts", alert(4, live, "QQ1234Q", 60), now)]  # another device's topic
+    assert [w for _, w in got] == ["stored", "stored", "stored", "rejected"]
+    flags = {r[0]: r[1] for r in hl.s.query("SELECT alert_id, flags FROM alerts")}
+    assert [flags[got[i][0]] for i in range(3)] == ["", "withdrawn", "expired"]
+    with hl.s.tx():
+        assert al.ingest("lpr/v1/dev-a/alerts", first, now)[1] == "duplicate"  # sent again: stored once
+    assert [a["alert_id"] for a in al.show("ivy", "C-1")] and al.counts()["alerts_flagged"] == 2
