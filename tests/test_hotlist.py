@@ -295,7 +295,7 @@ def test_an_alert_for_an_expired_or_withdrawn_entry_is_kept_and_flagged(hl):
     al = Alerts(hl.g)
 
     def alert(i: int, entry: str, text: str, offset_s: float) -> bytes:
-        from datetime import UTC, datetime, timedelta
+        from datetime import UTC, datetime
 
         read = json.loads(good(i, datetime.fromtimestamp(hl.clock.t + offset_s, UTC), text=text, device="dev-a"))
         return json.dumps({"schema": "lpr.alert/1", "alert_id": read["read_id"], "entry": entry, "kind": "exact", "bundle": 1,
