@@ -19,7 +19,7 @@ system-packages:
 $(BIN)/edge: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,collector]'
 	@touch $@
 
 setup: system-packages $(BIN)/edge
@@ -34,7 +34,7 @@ demo: setup
 	bash deploy/demo.sh $(CLIP)
 
 test: setup-train
-	@bash deploy/host-packages.sh postgresql chromium
+	@bash deploy/host-packages.sh postgresql chromium chromium-driver
 	EDGE_SETUP_STARTED=$(STARTED) $(BIN)/python -m pytest -q tests
 
 # Only the arm64 image tests (part of `make test` too): the image (deploy/image/build, cached outside

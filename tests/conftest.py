@@ -171,7 +171,7 @@ def store(request, tmp_path):
                 s.execute(stmt)
         with s.tx():
             for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures",
-                      "hotlist", "hotlist_devices", "hotlist_bundles", "alerts"):
+                      "hotlist", "hotlist_devices", "hotlist_bundles", "alerts", "approval_denials", "web_sessions"):
                 s.execute(f"DELETE FROM {t}")
     yield s
     s.close()

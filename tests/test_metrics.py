@@ -100,7 +100,8 @@ def test_collector_metrics_for_supervisors_and_admins(tmp_path):
     toks = {n: gov.add_user("root", n, r) for n, r in (("sam", "supervisor"), ("val", "viewer"), ("adm", "admin"))}
     with api_client(gov) as call:
         base = call.base
-        assert get(f"{base}/healthz") == (200, json.dumps({"ok": True}))
+        code, text = get(f"{base}/healthz")
+        assert (code, json.loads(text)) == (200, {"ok": True})
         assert get(f"{base}/metrics")[0] == 401
         assert get(f"{base}/metrics", toks["val"])[0] == 403
         code, text = get(f"{base}/metrics", toks["sam"])

@@ -1,4 +1,4 @@
-"""A small HTTP API (JSON) over the same governed search, hotlists and alerts.
+"""The collector's JSON API (served by edge.collector.web with the pages) and its parameter parsing.
 
     GET /v1/reads?case=CASE&plate=ABC123&match=exact|wildcard|fuzzy&camera=..&site=..
                  &near=lat,lon,km&box=lat1,lon1,lat2,lon2&from=ISO&to=ISO&days=N&approval=APR-..&limit=N
@@ -15,16 +15,11 @@ without a user and a case; every query is audited.
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from datetime import datetime
-from http.server import ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
-from edge.collector.governance import DAY_MS, AccessDenied, Governance, NeedsApproval
-from edge.collector.query import Query, search
-from edge.httpserve import Handler as BaseHandler
+from edge.collector.governance import DAY_MS, Governance
+from edge.collector.query import Query
 
 
 def parse_time(v: str, name: str = "time") -> int:
@@ -88,150 +83,8 @@ def number(v: str, name: str) -> float:
 FAIL_LIMIT = Governance.LOGIN_FAIL_LIMIT  # failed logins from one address in a minute, then it waits a minute
 
 
-MAX_BODY = 8 * 1024 * 1024  # a hotlist import's CSV at most
+def make_server(gov: Governance, host: str, port: int, health=None, tiles: str | None = None):
+    """The collector's web app (edge.collector.web: these JSON endpoints and the pages) on HOST:PORT."""
+    from edge.collector.web import make_server as web_server
 
-
-def make_server(gov: Governance, host: str, port: int, health=None) -> ThreadingHTTPServer:
-    from edge.collector.hotlist import Alerts, Hotlists
-
-    lock = threading.Lock()
-    hotlists, alerts = Hotlists(gov), Alerts(gov)
-
-    class Handler(BaseHandler):
-        server_version = "edge-collector"
-
-        def user(self) -> str | None:
-            """The token's user, or None with the answer (401, 429) already sent."""
-            auth = self.headers.get("Authorization", "")
-            token = auth[7:] if auth.startswith("Bearer ") else ""
-            source = self.client_address[0]
-            with lock:
-                if gov.login_blocked(source):
-                    self.reply(429, {"error": f"too many failed logins from {source}: wait a minute"})
-                    return None
-                user = gov.user_for_token(token) if token else None
-                if token and not user:  # a wrong token is on the record, without the token itself
-                    gov.login_failed(source, {"path": urlparse(self.path).path})
-            if not user:
-                self.reply(401, {"error": "authentication required: Authorization: Bearer <token>"})
-            return user
-
-        def do_GET(self):  # noqa: N802
-            if urlparse(self.path).path == "/healthz":  # liveness for a load balancer: no token, nothing told
-                return self.reply(200, {"ok": True})
-            user = self.user()
-            if not user:
-                return None
-            url = urlparse(self.path)
-            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            if url.path in ("/v1/hotlist", "/v1/alerts"):
-                return self.governed(lambda: self.listing(user, url.path, params))
-            if url.path == "/v1/health":
-                with lock:
-                    role = gov.role(user)
-                if role not in ("supervisor", "admin"):
-                    return self.reply(403, {"error": "health needs supervisor or admin"})
-                return self.reply(200, health() if health else {"ok": True})
-            if url.path == "/metrics":
-                with lock:
-                    role = gov.role(user)
-                    if role not in ("supervisor", "admin"):
-                        return self.reply(403, {"error": "metrics need supervisor or admin"})
-                    from edge.metrics import CONTENT_TYPE, CollectorMetrics, render
-
-                    body = render(CollectorMetrics(gov.s, health))
-                return self.send(200, body, CONTENT_TYPE)
-            if url.path == "/v1/policy":
-                with lock:
-                    text, digest = gov.use_policy()
-                return self.reply(200, {"use_policy": text, "digest": digest})
-            if url.path != "/v1/reads":
-                return self.reply(404, {"error": f"no such endpoint {url.path}"})
-            try:
-                with lock:
-                    q = query_from_params(params, gov.now_ms())
-                    rows = search(gov, user, params.get("case"), q, params.get("approval"), ack=params.get("ack_policy"))
-            except NeedsApproval as e:
-                return self.reply(403, {"error": str(e), "approval_request": e.request_id})
-            except AccessDenied as e:
-                return self.reply(403, {"error": str(e)})
-            except (ValueError, OverflowError) as e:
-                return self.reply(400, {"error": str(e)})
-            except Exception as e:  # never a dropped connection: the client gets an answer
-                return self.reply(500, {"error": f"{type(e).__name__}: {e}"})
-            return self.reply(200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts,
-                                    "note": rows.note, "use_policy": gov.use_policy()[0]})
-
-        def governed(self, fn):
-            """Run a hotlist or alert call under the collector's rules; every refusal is one answer."""
-            try:
-                with lock:
-                    code, body = fn()
-            except AccessDenied as e:
-                return self.reply(403, {"error": str(e)})
-            except (ValueError, KeyError, TypeError) as e:
-                lines = str(e).strip("'").splitlines()
-                return self.reply(400, {"error": lines[0] if lines else type(e).__name__, "errors": lines})
-            except Exception as e:  # never a dropped connection: the client gets an answer
-                return self.reply(500, {"error": f"{type(e).__name__}: {e}"})
-            return self.reply(code, body)
-
-        def listing(self, user: str, path: str, p: dict) -> tuple[int, dict]:
-            if path == "/v1/alerts":
-                rows = alerts.show(user, p.get("case", ""), unacked=p.get("unacked") in ("1", "true"),
-                                   limit=int(number(p.get("limit", "200"), "limit")))
-                return 200, {"count": len(rows), "alerts": rows}
-            now = gov.now_ms()
-            entries = hotlists.show(user, p.get("case"), include_ended=p.get("all") in ("1", "true"))
-            return 200, {"count": len(entries), "entries": [{**e.__dict__, "state": e.state(now)} for e in entries]}
-
-        def body(self) -> dict:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > MAX_BODY:
-                raise ValueError(f"request body over {MAX_BODY} bytes")
-            raw = self.rfile.read(n) if n else b"{}"
-            try:
-                d = json.loads(raw)
-            except ValueError:
-                raise ValueError("the request body is not JSON") from None
-            if not isinstance(d, dict):
-                raise ValueError("the request body is not a JSON object")
-            return d
-
-        def do_POST(self):  # noqa: N802
-            """POST /v1/hotlist (propose), /v1/hotlist/import, /v1/hotlist/<ref>/approve,
-            /v1/hotlist/<id>/remove, /v1/alerts/<id>/ack: JSON bodies, the same rules as the CLI."""
-            path = urlparse(self.path).path.rstrip("/").split("/")
-            if path[:3] not in (["", "v1", "hotlist"], ["", "v1", "alerts"]):
-                return self.reply(405, {"error": "reads are searched with GET /v1/reads"})
-            user = self.user()
-            if not user:
-                return None
-
-            def act() -> tuple[int, dict]:
-                d = self.body()
-                if path == ["", "v1", "hotlist"]:
-                    eid = hotlists.propose(user, d.get("case", ""), str(d["plate"]), str(d.get("reason", "")), region=d.get("region"),
-                                           site=d.get("site"), lookalike=not d.get("exact", False), days=d.get("days"))
-                    return 201, {"id": eid}
-                if path == ["", "v1", "hotlist", "import"]:
-                    batch, ids = hotlists.import_csv(user, d.get("case", ""), str(d["csv"]), lookalike=not d.get("exact", False))
-                    return 201, {"batch": batch, "ids": ids}
-                if len(path) == 5 and path[2] == "hotlist" and path[4] == "approve":
-                    return 200, {"approved": hotlists.approve(user, path[3])}
-                if len(path) == 5 and path[2] == "hotlist" and path[4] == "remove":
-                    hotlists.remove(user, path[3], str(d.get("reason", "")))
-                    return 200, {"removed": path[3]}
-                if len(path) == 5 and path[2] == "alerts" and path[4] == "ack":
-                    alerts.ack(user, path[3], str(d.get("note", "")))
-                    return 200, {"acknowledged": path[3]}
-                return 404, {"error": f"no such endpoint {'/'.join(path)}"}
-
-            return self.governed(act)
-
-        def do_PUT(self):  # noqa: N802
-            self.reply(405, {"error": "not a method of this API"})
-
-        do_DELETE = do_PATCH = do_PUT  # noqa: N815
-
-    return ThreadingHTTPServer((host, port), Handler)
+    return web_server(gov, host, port, health=health, tiles=tiles)

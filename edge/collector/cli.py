@@ -129,11 +129,16 @@ def cmd_collect(args) -> int:
         dist = Distributor(Hotlists(gov), signing, lambda t, p, r: col.client.publish(t, p, qos=1, retain=r))
     srv = None
     if args.http:  # every port bound before the broker hears of us: a busy port leaves no session behind
-        from edge.collector.api import make_server
-
+        try:
+            from edge.collector.api import make_server
+            from edge.collector.web.app import create_app  # noqa: F401  (the web app's packages are there)
+        except ImportError as e:
+            print(f"edge collect: error: --http needs the collector's web packages ({e.name} is missing): "
+                  "pip install 'edge-lpr[collector]'", file=sys.stderr)
+            return 2
         h, p = _hostport(args.http, "--http")
         try:
-            srv = make_server(gov, h, p, health=col.ing.health)
+            srv = make_server(gov, h, p, health=col.ing.health, tiles=args.tiles)
         except OSError as e:
             print(f"edge collect: error: cannot serve --http {args.http}: {e.strerror or e}", file=sys.stderr)
             return 2
@@ -588,7 +593,9 @@ def register(sub) -> None:
     c.add_argument("--client-id", default="edge-collector")
     c.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="SECONDS",
                    help="how long the broker keeps queueing for this collector once it is gone (default 7 days)")
-    c.add_argument("--http", help="also serve the read-only API on HOST:PORT")
+    c.add_argument("--http", help="also serve the web app (pages and the JSON API) on HOST:PORT")
+    c.add_argument("--tiles", metavar="URL", help="the web app's maps: a tile server of the deployment's own, "
+                                                   "https://tiles.example/{z}/{x}/{y}.png (default: no tiles, nothing fetched)")
     c.add_argument("--health-interval", type=float, default=30)
     c.add_argument("--cafile", help="TLS: the deployment CA")
     c.add_argument("--certfile", help="TLS: the collector's client certificate (CN collector)")

@@ -436,7 +436,8 @@ class Governance:
         """(id, requester, case, query, filed ms) of the approval requests no one has approved yet,
         oldest first: what a supervisor is asked to look at; audited."""
         self.require(actor, "supervisor")
-        rows = self.s.query("SELECT id, requester, case_id, query, created FROM approvals WHERE approver IS NULL ORDER BY created")
+        rows = self.s.query("SELECT id, requester, case_id, query, created FROM approvals WHERE approver IS NULL "
+                            "AND id NOT IN (SELECT id FROM approval_denials) ORDER BY created")
         self.audit(actor, "approval.list", {"pending": len(rows)})
         return [(r[0], r[1], r[2], json.loads(r[3]), int(r[4])) for r in rows]
 
@@ -451,8 +452,26 @@ class Governance:
             raise AccessDenied(f"{actor!r} made or re-issued {r[0]!r}'s account: a supervisor who did not may approve")
         if r[1]:
             raise ValueError(f"request {request_id} is already approved")
+        if self.s.one("SELECT id FROM approval_denials WHERE id = ?", (request_id,)):
+            raise ValueError(f"request {request_id} was denied")
         self.s.execute("UPDATE approvals SET approver = ?, approved = ? WHERE id = ?", (actor, self.now_ms(), request_id))
         self.audit(actor, "approval.grant", {"id": request_id, "requester": r[0]})
+
+    def deny(self, actor: str, request_id: str, reason: str) -> None:
+        """A supervisor other than the requester refuses a request, saying why; it cannot be approved after."""
+        self.require(actor, "supervisor")
+        if not reason.strip():
+            raise ValueError("say why the request is denied")
+        r = self.s.one("SELECT requester, approver FROM approvals WHERE id = ?", (request_id,))
+        if not r:
+            raise ValueError(f"no approval request {request_id}")
+        if r[0] == actor:
+            raise AccessDenied("a second person decides: the requester cannot deny their own request either")
+        if r[1] or self.s.one("SELECT id FROM approval_denials WHERE id = ?", (request_id,)):
+            raise ValueError(f"request {request_id} was already decided")
+        self.s.execute("INSERT INTO approval_denials (id, denied_by, denied, reason) VALUES (?, ?, ?, ?)",
+                       (request_id, actor, self.now_ms(), reason.strip()[:500]))
+        self.audit(actor, "approval.deny", {"id": request_id, "requester": r[0], "reason": reason.strip()[:500]})
 
     def use_approval(self, actor: str, case_id: str, question: dict, approval: str | None) -> str | None:
         """Check a search against its approval (or file a request and refuse). An approval covers a

@@ -26,6 +26,7 @@ class Query:
     since_ms: int | None = None
     until_ms: int | None = None
     limit: int = 500
+    offset: int = 0  # paging: the reads after this many (newest first)
 
     def normalised(self, now_ms: int) -> Query:
         q = Query(**asdict(self))
@@ -44,6 +45,7 @@ class Query:
         if q.until_ms - q.since_ms > MAX_WINDOW_MS:
             raise ValueError("the time window is longer than 5 years")
         q.limit = max(1, min(int(q.limit), 5000))
+        q.offset = max(0, min(int(q.offset), 1_000_000))
         if q.near is not None and not (-90 <= q.near[0] <= 90 and -180 <= q.near[1] <= 180 and 0 < q.near[2] <= 1000):
             raise ValueError("near: lat,lon,km with a radius of 0-1000 km")
         return q
@@ -188,8 +190,8 @@ def _where(q: Query) -> tuple[list[str], list[Any]]:
 
 def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
     where, params = _where(q)
-    sql = f"SELECT record, plate_image, lat, lon FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC LIMIT ?"
-    params.append(q.limit)
+    sql = f"SELECT record, plate_image, lat, lon FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC, read_id LIMIT ? OFFSET ?"
+    params += [q.limit, q.offset]
     out = []
     for record, img, lat, lon in gov.s.query(sql, params):
         if q.near and (lat is None or haversine_km(q.near[0], q.near[1], lat, lon) > q.near[2]):

@@ -90,6 +90,12 @@ SCHEMA = [
         acked_by TEXT, acked BIGINT, ack_note TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS alerts_case ON alerts (case_id, received)",
+    "CREATE TABLE IF NOT EXISTS approval_denials (id TEXT PRIMARY KEY, denied_by TEXT NOT NULL, denied BIGINT NOT NULL, reason TEXT NOT NULL)",
+    # the web app's sessions (edge.collector.web): the cookie's hash, its user, its CSRF token, the browser it belongs to
+    """CREATE TABLE IF NOT EXISTS web_sessions (
+        id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, csrf TEXT NOT NULL, browser TEXT NOT NULL, created BIGINT NOT NULL,
+        seen BIGINT NOT NULL, ended BIGINT
+    )""",
 ]
 
 
