@@ -83,8 +83,9 @@ def number(v: str, name: str) -> float:
 FAIL_LIMIT = Governance.LOGIN_FAIL_LIMIT  # failed logins from one address in a minute, then it waits a minute
 
 
-def make_server(gov: Governance, host: str, port: int, health=None, tiles: str | None = None):
+def make_server(gov: Governance, host: str, port: int, health=None, tiles: str | None = None, certfile: str | None = None,
+                keyfile: str | None = None):
     """The collector's web app (edge.collector.web: these JSON endpoints and the pages) on HOST:PORT."""
     from edge.collector.web import make_server as web_server
 
-    return web_server(gov, host, port, health=health, tiles=tiles)
+    return web_server(gov, host, port, health=health, tiles=tiles, certfile=certfile, keyfile=keyfile)

@@ -138,7 +138,14 @@ def cmd_collect(args) -> int:
             return 2
         h, p = _hostport(args.http, "--http")
         try:
-            srv = make_server(gov, h, p, health=col.ing.health, tiles=args.tiles)
+            if bool(args.http_cert) != bool(args.http_key):
+                print("edge collect: error: --http-cert and --http-key go together", file=sys.stderr)
+                return 2
+            for flag, f in (("--http-cert", args.http_cert), ("--http-key", args.http_key)):
+                if f and not Path(f).is_file():
+                    print(f"edge collect: error: {flag} {f}: no such file", file=sys.stderr)
+                    return 2
+            srv = make_server(gov, h, p, health=col.ing.health, tiles=args.tiles, certfile=args.http_cert, keyfile=args.http_key)
         except OSError as e:
             print(f"edge collect: error: cannot serve --http {args.http}: {e.strerror or e}", file=sys.stderr)
             return 2
@@ -594,6 +601,8 @@ def register(sub) -> None:
     c.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="SECONDS",
                    help="how long the broker keeps queueing for this collector once it is gone (default 7 days)")
     c.add_argument("--http", help="also serve the web app (pages and the JSON API) on HOST:PORT")
+    c.add_argument("--http-cert", metavar="FILE", help="serve the web app over HTTPS with this certificate (its cookies Secure)")
+    c.add_argument("--http-key", metavar="FILE", help="... and this key")
     c.add_argument("--tiles", metavar="URL", help="the web app's maps: a tile server of the deployment's own, "
                                                    "https://tiles.example/{z}/{x}/{y}.png (default: no tiles, nothing fetched)")
     c.add_argument("--health-interval", type=float, default=30)

@@ -49,10 +49,13 @@ def shot(d, name: str) -> None:
 
 def sign_in(d, base: str, token: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     d.get(base + "/signin")
     d.find_element(By.ID, "token").send_keys(token)
     d.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    WebDriverWait(d, 20).until(lambda d: d.execute_script("return document.readyState") == "complete"
+                               and (not d.current_url.endswith("/signin") or d.find_elements(By.CSS_SELECTOR, ".msg")))
 
 
 def search(d, base: str, case: str, plate: str | None = None, days: str = "1", approval: str = "", camera: str = "") -> None:
@@ -154,6 +157,38 @@ def test_the_web_app_in_a_browser_under_the_same_rules(tmp_path, pki, broker):
         assert "DW03NTE" in ann.find_element(By.TAG_NAME, "h1").text and "Owner" in ann.page_source
         shot(ann, "6-read")
 
+        # a request denied with a reason leaves the queue
+        search(ann, base, "CASE-9", "FR01544", days="30")
+        other = ann.find_element(By.ID, "request").text
+        sam.get(base + "/approvals")
+        sam.find_element(By.ID, f"reason-{other}").send_keys("no link to the case shown")
+        sam.find_element(By.CSS_SELECTOR, f"button[aria-label='deny {other}']").click()
+        WebDriverWait(sam, 20).until(lambda d: f"denied {other}" in d.page_source)
+        assert other not in sam.find_element(By.ID, "queue").text
+        # a hotlist alert of the case, shown and acknowledged in the alerts page
+        from edge.collector.governance import Governance
+        from edge.collector.hotlist import Alerts, Hotlists
+
+        s = Store(col.db)
+        gov = Governance(s)
+        h = Hotlists(gov)
+        entry = h.propose("ann", "CASE-9", "DW03NTE", "van reported stolen")
+        h.approve("sam", entry)
+        rec = json.loads(s.one("SELECT record FROM reads WHERE plate = 'DW03NTE'")[0])
+        rec["images"] = {}
+        rec["read_id"] = rec["read_id"][:-4] + "beef"
+        alert = {"schema": "lpr.alert/1", "alert_id": rec["read_id"], "entry": entry, "kind": "exact", "bundle": 1,
+                 "first_read": rec["time"], "seen": rec["time"], "read": rec}
+        with s.tx():
+            assert Alerts(gov).ingest("lpr/v1/dev-a/alerts", json.dumps(alert).encode(), gov.now_ms())[1] == "stored"
+        s.close()
+        ann.get(base + "/alerts?case=CASE-9")
+        assert "DW03NTE" in ann.find_element(By.ID, "alerts").text
+        ann.find_element(By.ID, "note-1").send_keys("stopped at lane 2")
+        ann.find_element(By.CSS_SELECTOR, "#alerts button").click()
+        WebDriverWait(ann, 20).until(lambda d: "acknowledged" in d.page_source and "ann: stopped at lane 2" in d.page_source)
+        shot(ann, "6b-alerts")
+
         # labelled fields and the keyboard: every field the search form has is named in the accessibility tree
         ann.get(base + "/search")
         tree = ann.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]
@@ -177,6 +212,8 @@ def test_the_web_app_in_a_browser_under_the_same_rules(tmp_path, pki, broker):
         text = vic.find_element(By.ID, "results").text
         assert "(withheld)" in text and "DW03NTE" not in vic.page_source and not vic.find_elements(By.CSS_SELECTOR, "img.crop")
         shot(vic, "7-viewer")
+        search(vic, base, "CASE-9", camera="dev-a-cam", days="30")  # a wider search: counts per camera only
+        assert "Reads per camera" in vic.page_source and "dev-a-cam" in vic.page_source and "DW03NTE" not in vic.page_source
         # an admin cannot search
         sign_in(vic, base, tok["root"])
         assert vic.current_url.endswith("/audit") and vic.find_element(By.ID, "verified")
@@ -230,4 +267,59 @@ def test_the_web_app_in_a_browser_under_the_same_rules(tmp_path, pki, broker):
     finally:
         for d in drivers:
             d.quit()
+        col.stop()
+
+
+def test_the_web_app_over_https_with_secure_cookies_and_pages_of_results(tmp_path, pki, broker):
+    import ssl
+
+    from edge.collector.ingest import Ingestor
+
+    from ..test_collector import good
+
+    port = free_port()
+    col = Collector(tmp_path, broker, pki, "--http", f"127.0.0.1:{port}", "--http-cert", str(pki / "server" / "server.crt"),
+                    "--http-key", str(pki / "server" / "server.key")).start()
+    base = f"https://127.0.0.1:{port}"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=ctx))
+
+    def call(path, data=None, cookies=None):
+        req = urllib.request.Request(base + path, data=urllib.parse.urlencode(data).encode() if data is not None else None,
+                                     headers={"Cookie": "; ".join(f"{k}={v}" for k, v in (cookies or {}).items())})
+        try:
+            with opener.open(req, timeout=20) as r:
+                return r.status, r.headers.get_all("Set-Cookie") or [], r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get_all("Set-Cookie") or [], e.read().decode()
+
+    try:
+        tok = collector_users(col.db, env=col.env, ann="investigator", sam="supervisor")
+        assert run_edge("cases", "open", "C-2", "--db", col.db, "--token", tok["sam"], env=col.env).returncode == 0
+        s = Store(col.db)
+        from datetime import UTC, datetime, timedelta
+
+        when = datetime.now(UTC) - timedelta(minutes=5)
+        Ingestor(s).ingest([("lpr/v1/dev-a/reads", good(i, when - timedelta(seconds=i), device="dev-a", camera="cam-p",
+                                                        text=f"PG{i:05d}")) for i in range(60)])
+        s.close()
+        code, cookies, _ = call("/signin")
+        assert code == 200 and all({"secure", "httponly", "samesite=strict"} <= {x.strip().lower() for x in c.split(";")} for c in cookies)
+        jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in cookies}
+        code, cookies, _ = call("/signin", {"token": tok["ann"]}, jar)
+        assert code == 303 and all({"secure", "httponly", "samesite=strict"} <= {x.strip().lower() for x in c.split(";")} for c in cookies), cookies
+        jar.update({c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in cookies})
+        code, _, page = call("/search", cookies=jar)
+        import re
+
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        seen = []
+        for n in (1, 2):
+            code, _, page = call("/search", {"csrf": csrf, "case": "C-2", "camera": "cam-p", "days": "1", "ack": "yes",
+                                             "page": str(n)}, jar)
+            assert code == 200, page[-500:]
+            seen.append(re.findall(r'name="read_id" value="([^"]+)"', page))
+        assert [len(x) for x in seen] == [50, 10] and not set(seen[0]) & set(seen[1])  # two pages, nothing twice
+        assert 'id="next"' not in page
+    finally:
         col.stop()

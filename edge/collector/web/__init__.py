@@ -96,14 +96,15 @@ class Server:
     """The app under uvicorn, on a socket bound here (port 0: any free one), with the small interface
     http.server's had: serve_forever(), shutdown(), server_close(), server_address."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, certfile: str | None = None, keyfile: str | None = None):
         import socket
 
         import uvicorn
 
         self.sock = socket.create_server((host, port), reuse_port=False)
         self.server_address = self.sock.getsockname()[:2]
-        self.uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        self.uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                                ssl_certfile=certfile, ssl_keyfile=keyfile))
         self._done = threading.Event()
 
     def serve_forever(self) -> None:
@@ -120,7 +121,9 @@ class Server:
         self.sock.close()
 
 
-def make_server(gov: Governance, host: str, port: int, health=None, tiles: str | None = None) -> Server:
+def make_server(gov: Governance, host: str, port: int, health=None, tiles: str | None = None, certfile: str | None = None,
+                keyfile: str | None = None) -> Server:
+    """With certfile and keyfile the app speaks HTTPS (its cookies are then Secure)."""
     from edge.collector.web.app import create_app
 
-    return Server(create_app(gov, health=health, tiles=tiles), host, port)
+    return Server(create_app(gov, health=health, tiles=tiles), host, port, certfile, keyfile)

@@ -348,6 +348,8 @@ def create_app(gov: Governance, health=None, tiles: str | None = None) -> FastAP
             q.since_ms = until - int(days * DAY_MS)
         page_no = max(1, int(f.get("page") or 1))
         q.offset = (page_no - 1) * PAGE_SIZE
+        if f.get("approval"):  # an approval is used once: its movement history comes whole, on one page
+            q.limit, q.offset = 500, 0
         return q
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
@@ -383,7 +385,7 @@ def create_app(gov: Governance, health=None, tiles: str | None = None) -> FastAP
                 digest = gov.use_policy()[1] if f.get("ack") == "yes" else None
                 rows = search(gov, s.user, f.get("case") or None, q, f.get("approval") or None, ack=digest)
                 ctx.update(rows=list(rows), counts=rows.counts, note=rows.note, withheld=rows.withheld,
-                           page=q.offset // PAGE_SIZE + 1, more=len(rows) == PAGE_SIZE)
+                           page=q.offset // PAGE_SIZE + 1, more=len(rows) == PAGE_SIZE and q.limit == PAGE_SIZE)
                 pts = [(r["gps"]["lat"], r["gps"]["lon"], r["time"], r["plate"].get("text", "")) for r in rows
                        if r.get("gps", {}).get("lat") is not None]
                 path = bool(q.plate) and s.role != "viewer"
@@ -416,19 +418,21 @@ def create_app(gov: Governance, health=None, tiles: str | None = None) -> FastAP
                                      (s.user, f'%"{rid}"%'))
                 if not (shown or approved):
                     raise AccessDenied("open a read from a search of yours that showed it")
-                r = gov.s.one("SELECT record, plate_image FROM reads WHERE read_id = ?", (rid,))
+                r = gov.s.one("SELECT record, plate_image, vehicle_image FROM reads WHERE read_id = ?", (rid,))
                 if r is None:
                     raise ValueError("no such read (retention may have deleted it)")
                 rec = json.loads(r[0])
                 img = gov.s.image(r[1]) if r[1] else None
+                vimg = gov.s.image(r[2]) if r[2] else None
                 gov.audit(s.user, "read.view", {"case": case, "read_id": rid, "plate": rec["plate"]["text"]})
             except (AccessDenied, ValueError) as e:
                 return page(request, "error.html", s, 403, message=str(e))
         import base64
 
         crop = base64.b64encode(img).decode() if img else None
+        vehicle = base64.b64encode(vimg).decode() if vimg else None
         pts = [(rec["gps"]["lat"], rec["gps"]["lon"], rec["time"], rec["plate"]["text"])] if rec.get("gps", {}).get("lat") is not None else []
-        return page(request, "read.html", s, rec=rec, crop=crop, case=case, map=svg_map(pts, [], tiles=tiles))
+        return page(request, "read.html", s, rec=rec, crop=crop, vehicle=vehicle, case=case, map=svg_map(pts, [], tiles=tiles))
 
     # ---------------------------------------------------------- cases, approvals, alerts, audit
 
