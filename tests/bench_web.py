@@ -12,7 +12,6 @@ over 40 requests, and the page's weight without its images.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import re

@@ -31,7 +31,7 @@ def deployment(tmp_path_factory):
 
 def test_bundle_contents_and_modes(deployment):
     b = deployment / "dev-a"
-    assert {p.name for p in b.iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname"}
+    assert {p.name for p in b.iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname", "hotlist.pub"}
     assert oct((b / "device.key").stat().st_mode & 0o777) == "0o600"
     assert oct((deployment / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
     text = (b / "device.toml").read_text().replace("/etc/edge", str(b)).replace("/var/lib/edge", str(deployment / "state"))
@@ -185,7 +185,8 @@ def test_provision_with_relative_paths_as_the_readme_writes_them(tmp_path):
              "--site", "North crossing", "--broker", "collector.example.org:8883", "--gps", "fixed:47.07,15.44")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (tmp_path / "broker").iterdir()} == {"server.key", "server.crt"}
-    assert {p.name for p in (tmp_path / "edge-bundle").iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname"}
+    assert {p.name for p in (tmp_path / "edge-bundle").iterdir()} == {"ca.crt", "device.crt", "device.key", "device.toml", "hostname",
+                                                                       "hotlist.pub"}
     assert oct((tmp_path / "broker" / "server.key").stat().st_mode & 0o777) == "0o600"
 
 
@@ -248,7 +249,8 @@ def test_the_bundle_s_camera_source_is_one_its_image_has(tmp_path, deployment):
     # on a machine without picamera2 a picamera2 configuration cannot run: config check says so (not offline)
     pi = tmp_path / "pi" / "device.toml"
     pi.write_text(pi.read_text().replace("/etc/edge/ca.crt", str(deployment / "ca" / "ca.crt"))
-                  .replace("/etc/edge/device.crt", str(tmp_path / "pi" / "device.crt")))
+                  .replace("/etc/edge/device.crt", str(tmp_path / "pi" / "device.crt"))
+                  .replace("/etc/edge/hotlist.pub", str(tmp_path / "pi" / "hotlist.pub")))
     r = run_edge("config", "check", str(pi))
     assert r.returncode == 2 and "picamera2 is not installed here" in r.stderr, r.stdout + r.stderr
     assert run_edge("config", "check", "--offline", str(pi)).returncode == 0

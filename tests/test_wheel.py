@@ -35,6 +35,9 @@ def test_the_wheel_carries_the_models_and_the_schema_not_the_training_code(wheel
     for f in ("plate_detector.onnx", "plate_reader.onnx", "plate_refiner.onnx", "plate_reader.int8.onnx", "README.md"):
         assert f"edge/models/{f}" in names
     assert "edge/schema/read-v1.json" in names and "edge/api.py" in names
+    # the collector's web app: its templates and assets travel with it
+    assert {"edge/collector/web/templates/search.html", "edge/collector/web/static/app.css",
+            "edge/collector/web/static/map.js"} <= set(names)
     assert not [n for n in names if "/train/" in n or n.startswith("models/") or n.startswith("tests/")]
 
 
