@@ -189,6 +189,23 @@ def test_the_web_app_in_a_browser_under_the_same_rules(tmp_path, pki, broker):
         WebDriverWait(ann, 20).until(lambda d: "acknowledged" in d.page_source and "ann: stopped at lane 2" in d.page_source)
         shot(ann, "6b-alerts")
 
+        # cases in the browser: a supervisor opens and closes one, an investigator holds a read for another
+        sam.get(base + "/cases")
+        sam.find_element(By.ID, "newcase").send_keys("CASE-10")
+        sam.find_element(By.ID, "title").send_keys("convoy")
+        sam.find_element(By.CSS_SELECTOR, "form.card button").click()
+        WebDriverWait(sam, 20).until(lambda d: "case CASE-10: open" in d.page_source)
+        sam.find_element(By.CSS_SELECTOR, "button[aria-label='close case CASE-10']").click()
+        WebDriverWait(sam, 20).until(lambda d: "case CASE-10: close" in d.page_source)
+        held = col.reads()[0][0]
+        ann.get(base + "/cases")
+        ann.find_element(By.ID, "holdcase").send_keys("CASE-9")
+        ann.find_element(By.ID, "reads").send_keys(held)
+        ann.find_element(By.CSS_SELECTOR, "form.card button").click()
+        WebDriverWait(ann, 20).until(lambda d: "1 read(s) held for CASE-9" in d.page_source)
+        assert not ann.find_elements(By.ID, "newcase")  # only supervisors open cases
+        shot(sam, "6c-cases")
+
         # labelled fields and the keyboard: every field the search form has is named in the accessibility tree
         ann.get(base + "/search")
         tree = ann.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]
