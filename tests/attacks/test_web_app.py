@@ -76,7 +76,19 @@ def search(d, base: str, case: str, plate: str | None = None, days: str = "1", a
         f.clear()
         f.send_keys(approval)
     d.find_element(By.ID, "ack").click()
-    d.find_element(By.ID, "run").click()
+    click_and_wait(d, d.find_element(By.ID, "run"))
+
+
+def click_and_wait(d, el) -> None:
+    """Click what submits a form, and wait until the page it leads to has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = d.find_element(By.TAG_NAME, "html")
+    el.click()
+    WebDriverWait(d, 30).until(ec.staleness_of(old))
+    WebDriverWait(d, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -153,7 +165,7 @@ def test_the_web_app_in_a_browser_under_the_same_rules(tmp_path, pki, broker):
         shot(ann, "5-history")
         # the read itself, opened from the search that showed it
         search(ann, base, "CASE-9", "DW03NTE")
-        ann.find_element(By.CSS_SELECTOR, "#results button").click()
+        click_and_wait(ann, ann.find_element(By.CSS_SELECTOR, "#results button"))
         assert "DW03NTE" in ann.find_element(By.TAG_NAME, "h1").text and "Owner" in ann.page_source
         shot(ann, "6-read")
 
