@@ -64,13 +64,13 @@ class Sessions:
         now = self.g.now_ms()
         why = ""
         if ended:
-            why = "this session was signed out"
+            why = "you signed out there: sign in again"
         elif now - int(seen) > self.idle_ms:
             why = "the session expired (30 minutes without use)"
         elif now - int(created) > self.max_ms:
             why = "the session expired (8 hours after sign-in)"
         elif not browser or not hmac.compare_digest(_h(browser), bound):
-            why = "this session belongs to another browser"
+            why = "this sign-in belongs to another browser"
         if why:
             if not ended:
                 self.s.execute("UPDATE web_sessions SET ended = ? WHERE id_hash = ?", (now, _h(sid)))
