@@ -66,9 +66,9 @@ class Sessions:
         if ended:
             why = "you signed out there: sign in again"
         elif now - int(seen) > self.idle_ms:
-            why = "the session expired (30 minutes without use)"
+            why = "the sign-in expired (30 minutes without use)"
         elif now - int(created) > self.max_ms:
-            why = "the session expired (8 hours after sign-in)"
+            why = "the sign-in expired (8 hours after it was made)"
         elif not browser or not hmac.compare_digest(_h(browser), bound):
             why = "this sign-in belongs to another browser"
         if why:
