@@ -367,6 +367,11 @@ class Distributor:
             i += 4 + n
         return version, manifest, parts
 
+    def version(self, scope: str) -> int:
+        """The version of `scope`'s current bundle, without reading the bundle itself when it is made."""
+        r = self.s.one("SELECT version FROM hotlist_bundles WHERE scope = ? AND rev = ?", (scope, self.h.rev()))
+        return int(r[0]) if r else self.bundle(scope)[0]
+
     def send(self, device_id: str, scope: str) -> int:
         version, manifest, parts = self.bundle(scope)
         base = f"{self.prefix}/{device_id}/hotlist"
@@ -412,8 +417,7 @@ class Distributor:
             if site != scope:  # a device's site is the one it first came with: another claim gets it no other site's list
                 log.warning("device %s says it is at site %r; it is known at %r (kept)", dev, site[:64], scope)
             self.s.execute("UPDATE hotlist_devices SET last_seen = ?, version = ? WHERE device_id = ?", (now, have, dev))
-        version = self.bundle(scope)[0]
-        if have != version:
+        if have != self.version(scope):
             self.send(dev, scope)
 
     def tick(self) -> None:

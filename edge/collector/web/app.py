@@ -137,114 +137,85 @@ def create_app(gov: Governance, health=None, tiles: str | None = None) -> FastAP
             text, digest = gov.use_policy()
         return {"use_policy": text, "digest": digest}
 
-    @app.get("/v1/reads", summary="search reads (case, plate, match, camera, site, near, box, from, to, days, approval, limit, "
-                                  "ack_policy)")
-    def api_reads(request: Request):
+    def api_get(request: Request, act) -> JSONResponse:
+        """A GET of the API: the token's user, then `act(user, params) -> (code, body)` under governance."""
         user = api_user(request)
         if isinstance(user, JSONResponse):
             return user
         params = dict(request.query_params)
+        return governed(lambda: act(user, params))
 
-        def run():
-            q = query_from_params(params, gov.now_ms())
-            rows = search(gov, user, params.get("case"), q, params.get("approval"), ack=params.get("ack_policy"))
-            return 200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts, "note": rows.note,
-                         "use_policy": gov.use_policy()[0]}
-
-        return governed(run)
-
-    @app.get("/v1/hotlist", summary="hotlist entries (an investigator names the case)")
-    def api_hotlist(request: Request):
+    async def api_post(request: Request, act) -> JSONResponse:
+        """A POST of the API: the token's user and the JSON body, then `act(user, body) -> (code, body)`."""
         user = api_user(request)
         if isinstance(user, JSONResponse):
             return user
-        p = request.query_params
+        try:
+            d = await body(request)
+        except ValueError as e:
+            return JSONResponse({"error": str(e)}, 400)
+        return governed(lambda: act(user, d))
 
-        def run():
+    @app.get("/v1/reads", summary="search reads (case, plate, match, camera, site, near, box, from, to, days, approval, limit, "
+                                  "ack_policy)")
+    def api_reads(request: Request):
+        def run(user, p):
+            rows = search(gov, user, p.get("case"), query_from_params(p, gov.now_ms()), p.get("approval"), ack=p.get("ack_policy"))
+            return 200, {"count": len(rows), "reads": rows, "withheld": rows.withheld, "counts": rows.counts, "note": rows.note,
+                         "use_policy": gov.use_policy()[0]}
+
+        return api_get(request, run)
+
+    @app.get("/v1/hotlist", summary="hotlist entries (an investigator names the case)")
+    def api_hotlist(request: Request):
+        def run(user, p):
             now = gov.now_ms()
             es = hotlists.show(user, p.get("case"), include_ended=p.get("all") in ("1", "true"))
             return 200, {"count": len(es), "entries": [{**e.__dict__, "state": e.state(now)} for e in es]}
 
-        return governed(run)
+        return api_get(request, run)
 
     @app.get("/v1/alerts", summary="the alerts of a case")
     def api_alerts(request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        p = request.query_params
-
-        def run():
+        def run(user, p):
             rows = alerts.show(user, p.get("case", ""), unacked=p.get("unacked") in ("1", "true"), limit=int(p.get("limit", "200")))
             return 200, {"count": len(rows), "alerts": rows}
 
-        return governed(run)
+        return api_get(request, run)
 
     @app.post("/v1/hotlist", status_code=201, summary="propose an entry {case, plate, reason, region, site, days, exact}")
     async def api_propose(request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        try:
-            d = await body(request)
-        except ValueError as e:
-            return JSONResponse({"error": str(e)}, 400)
-        return governed(lambda: (201, {"id": hotlists.propose(user, d.get("case", ""), str(d["plate"]), str(d.get("reason", "")),
-                                                               region=d.get("region"), site=d.get("site"),
-                                                               lookalike=not d.get("exact", False), days=d.get("days"))}))
+        return await api_post(request, lambda user, d: (201, {"id": hotlists.propose(
+            user, d.get("case", ""), str(d["plate"]), str(d.get("reason", "")), region=d.get("region"), site=d.get("site"),
+            lookalike=not d.get("exact", False), days=d.get("days"))}))
 
     @app.post("/v1/hotlist/import", status_code=201, summary="import entries {case, csv}: all lines or none")
     async def api_import(request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        try:
-            d = await body(request)
-        except ValueError as e:
-            return JSONResponse({"error": str(e)}, 400)
-
-        def run():
+        def run(user, d):
             batch, ids = hotlists.import_csv(user, d.get("case", ""), str(d["csv"]), lookalike=not d.get("exact", False))
             return 201, {"batch": batch, "ids": ids}
 
-        return governed(run)
+        return await api_post(request, run)
 
     @app.post("/v1/hotlist/{ref}/approve", summary="approve an entry (HL-...) or an import (HB-...)")
-    def api_approve_entry(ref: str, request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        return governed(lambda: (200, {"approved": hotlists.approve(user, ref)}))
+    async def api_approve_entry(ref: str, request: Request):
+        return await api_post(request, lambda user, d: (200, {"approved": hotlists.approve(user, ref)}))
 
     @app.post("/v1/hotlist/{ref}/remove", summary="withdraw an entry {reason}")
     async def api_remove_entry(ref: str, request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        try:
-            d = await body(request)
-        except ValueError as e:
-            return JSONResponse({"error": str(e)}, 400)
-        def run():
+        def run(user, d):
             hotlists.remove(user, ref, str(d.get("reason", "")))
             return 200, {"removed": ref}
 
-        return governed(run)
+        return await api_post(request, run)
 
     @app.post("/v1/alerts/{alert_id}/ack", summary="acknowledge an alert {note}")
     async def api_ack(alert_id: str, request: Request):
-        user = api_user(request)
-        if isinstance(user, JSONResponse):
-            return user
-        try:
-            d = await body(request)
-        except ValueError as e:
-            return JSONResponse({"error": str(e)}, 400)
-        def run():
+        def run(user, d):
             alerts.ack(user, alert_id, str(d.get("note", "")))
             return 200, {"acknowledged": alert_id}
 
-        return governed(run)
+        return await api_post(request, run)
 
     # ------------------------------------------------------------------ pages (a session cookie)
 
