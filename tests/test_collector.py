@@ -137,6 +137,29 @@ def test_redelivery_is_stored_once_and_images_by_hash(store):
     assert store.one("SELECT COUNT(*) FROM images")[0] == 1  # one image content, stored once
 
 
+def test_cameras_are_kept_at_ingest_not_scanned_from_the_reads(store, tmp_path):
+    ing = Ingestor(store)
+    moving = json.loads(good(9, camera="car-7", lat=48.5, lon=16.5))
+    moving["camera"]["mounting"] = "vehicle"
+    ing.ingest([("t", good(0, NOW - timedelta(hours=2), lat=47.0, lon=15.0)), ("t", good(1, NOW, lat=47.1, lon=15.1)),
+                ("t", good(2, NOW - timedelta(hours=1), lat=46.0, lon=14.0)),  # older than the newest: not where it is
+                ("t", good(3, camera="cam-2", site="south", lat=None, lon=None)),  # no fix: not placed
+                ("t", json.dumps(moving).encode())])  # a patrol car's camera: its position is where it last read
+    assert store.query("SELECT camera_id, site, lat, lon FROM cameras") == [("cam-1", "north", 47.1, 15.1)]
+    ing.ingest([("t", good(4, NOW - timedelta(days=1), lat=45.0, lon=13.0))])  # a late, older read moves nothing
+    assert store.one("SELECT lat, lon FROM cameras WHERE camera_id = 'cam-1'") == (47.1, 15.1)
+    if store.engine == "sqlite":  # a store from before the table is filled once when it is opened
+        path = tmp_path / "old.db"
+        old = Store(f"sqlite:///{path}")
+        Ingestor(old).ingest([("t", good(5, lat=40.0, lon=10.0)), ("t", json.dumps(moving).encode())])
+        old.execute("DELETE FROM cameras")
+        old.execute("DELETE FROM counters WHERE name = 'schema_cameras'")
+        old.close()
+        again = Store(f"sqlite:///{path}")
+        assert again.query("SELECT camera_id, lat, lon FROM cameras") == [("cam-1", 40.0, 10.0)]
+        again.close()
+
+
 def setup_gov(store, now=NOW):
     clock = [now.timestamp()]
     # the search rules; acknowledging the use policy has its own tests (tests/test_exposure.py)

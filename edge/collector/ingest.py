@@ -235,6 +235,7 @@ class Ingestor:
     def ingest(self, batch: list[tuple[str, bytes]]) -> IngestResult:
         res = IngestResult()
         now = int(self.clock() * 1000)
+        cams: dict[str, tuple[str | None, float, float, int]] = {}
         with self.store.tx():
             for topic, payload in batch:
                 if topic.endswith("/alerts") and self.alerts is not None:
@@ -258,6 +259,9 @@ class Ingestor:
                         self.store.put_image(data)
                     res.stored += 1
                     res.outcomes.append((topic, rec.read_id, "stored"))
+                    if rec.camera.mounting == "fixed" and row["lat"] is not None and row["lon"] is not None:
+                        if row["ts"] >= cams.get(rec.camera.id, (None, 0.0, 0.0, -1))[3]:
+                            cams[rec.camera.id] = (row["site"], row["lat"], row["lon"], row["ts"])
                     self.lag_ms.append(now - rec.time.timestamp() * 1000)
                     continue
                 old = self.store.one("SELECT record FROM reads WHERE read_id = ?", (rec.read_id,))
@@ -271,6 +275,7 @@ class Ingestor:
                 else:
                     res.duplicate += 1
                     res.outcomes.append((topic, rec.read_id, "duplicate"))
+            self.store.note_cameras(cams)
             self.store.bump("received", len(batch))
             for name in ("stored", "duplicate", "rejected", "conflict"):
                 if getattr(res, name):

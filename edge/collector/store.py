@@ -40,6 +40,11 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS reads_ts ON reads (ts)",
     "CREATE INDEX IF NOT EXISTS reads_camera ON reads (camera_id, ts)",
     "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL)",
+    # where each fixed camera is (its latest positioned read), kept at ingest so a map of the cameras
+    # never scans the reads; a vehicle-mounted camera is left out: its position is where it last read
+    """CREATE TABLE IF NOT EXISTS cameras (
+        camera_id TEXT PRIMARY KEY, site TEXT, lat DOUBLE PRECISION NOT NULL, lon DOUBLE PRECISION NOT NULL, last_seen BIGINT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS rejects (
         id {serial},
         received BIGINT NOT NULL,
@@ -168,6 +173,12 @@ class Store:
         with self.tx():
             for stmt in SCHEMA:
                 self.execute(stmt.format(blob=blob, serial=serial))
+            if self.one("SELECT value FROM counters WHERE name = 'schema_cameras'") is None:
+                # a store made before the cameras table: fill it once from the reads
+                rows = self.query("SELECT camera_id, MAX(site), AVG(lat), AVG(lon), MAX(ts) FROM reads WHERE lat IS NOT NULL "
+                                  "AND lon IS NOT NULL AND record NOT LIKE ? GROUP BY camera_id", ('%"mounting":"vehicle"%',))
+                self.note_cameras({r[0]: (r[1], float(r[2]), float(r[3]), int(r[4])) for r in rows})
+                self.execute("INSERT INTO counters (name, value) VALUES ('schema_cameras', 1) ON CONFLICT (name) DO NOTHING")
 
     def recover(self) -> None:
         """After an error: roll back what is open, and reconnect to PostgreSQL if the link dropped."""
@@ -240,6 +251,15 @@ class Store:
         sql = f"INSERT INTO reads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT (read_id) DO NOTHING"
         cur = self.execute(sql, [row[c] for c in cols])
         return cur.rowcount == 1
+
+    def note_cameras(self, cams: dict[str, tuple[str | None, float, float, int]]) -> None:
+        """Upsert camera -> (site, lat, lon, time of the read): the newest position wins. In camera order,
+        so collectors writing at once take the rows' locks in one order."""
+        for cam in sorted(cams):
+            site, lat, lon, ts = cams[cam]
+            self.execute("INSERT INTO cameras (camera_id, site, lat, lon, last_seen) VALUES (?, ?, ?, ?, ?) ON CONFLICT (camera_id) "
+                         "DO UPDATE SET site = excluded.site, lat = excluded.lat, lon = excluded.lon, last_seen = excluded.last_seen "
+                         "WHERE excluded.last_seen >= cameras.last_seen", (cam, site, lat, lon, ts))
 
     def insert_reject(self, received: int, topic: str, reason: str, payload: bytes) -> None:
         self.execute("INSERT INTO rejects (received, topic, reason, payload) VALUES (?, ?, ?, ?)",

@@ -334,9 +334,8 @@ def create_app(gov: Governance, health=None, tiles: str | None = None) -> FastAP
                     map=svg_map([], cameras(), interactive=True, tiles=tiles))
 
     def cameras() -> list[tuple[str, str | None, float, float]]:
-        """(camera, site, lat, lon) of each camera that has sent a positioned read: where they are, not who passed."""
-        rows = gov.s.query("SELECT camera_id, MAX(site), AVG(lat), AVG(lon) FROM reads WHERE lat IS NOT NULL "
-                           "GROUP BY camera_id ORDER BY camera_id LIMIT 500")
+        """(camera, site, lat, lon) of each fixed camera that has sent a positioned read: where they are, not who passed."""
+        rows = gov.s.query("SELECT camera_id, site, lat, lon FROM cameras ORDER BY camera_id LIMIT 500")
         return [(r[0], r[1], float(r[2]), float(r[3])) for r in rows]
 
     @app.post("/search", response_class=HTMLResponse, include_in_schema=False)
