@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from edge.plates import PLATE_MAX_CHARS, PLATE_MIN_CHARS, PLATE_TEXT
 
@@ -45,7 +45,7 @@ def uuid7(now_ms: int | None = None, rand: bytes | None = None) -> str:
 
 
 def _jpeg_b64(limit: int):
-    def check(v: str | None) -> str | None:
+    def check(v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
         try:
@@ -56,6 +56,8 @@ def _jpeg_b64(limit: int):
             raise ValueError(f"image is {len(raw)} bytes, over the {limit} byte limit")
         if not raw.startswith(b"\xff\xd8"):
             raise ValueError("not a JPEG image")
+        if isinstance(info.context, dict) and isinstance(info.context.get("decoded"), dict):
+            info.context["decoded"][info.field_name] = raw  # the collector keeps the bytes instead of decoding twice
         return v
 
     return check

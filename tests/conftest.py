@@ -171,8 +171,11 @@ def store(request, tmp_path):
                 s.execute(stmt)
         with s.tx():
             for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures",
-                      "hotlist", "hotlist_devices", "hotlist_bundles", "alerts", "approval_denials", "web_sessions"):
+                      "hotlist", "hotlist_devices", "hotlist_bundles", "alerts", "approval_denials", "web_sessions", "read_keys",
+                      "cameras"):
                 s.execute(f"DELETE FROM {t}")
+            for d in sorted(s.days.known):  # the days of the last test's reads
+                s.days.drop(d)
     yield s
     s.close()
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.collector import partitions
 from edge.collector.store import Store, dumps
 
 ROLES = ("viewer", "investigator", "supervisor", "admin")
@@ -419,6 +420,8 @@ class Governance:
                 if self.s.one("SELECT read_id FROM reads WHERE read_id = ?", (rid,)):
                     self.s.execute("INSERT INTO case_reads (case_id, read_id, held) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                                    (case_id, rid, self.now_ms()))
+                    if self.s.partitioned:  # into reads_held: a day dropped by retention never takes it
+                        self.s.execute("UPDATE reads SET held = true WHERE read_id = ? AND NOT held", (rid,))
                     n += 1
         self.audit(actor, "case.hold", {"case": case_id, "reads": read_ids})
         return n
@@ -504,28 +507,74 @@ class Governance:
 
     # ------------------------------------------------------------ retention
 
+    def _retention_partitioned(self, held: str, cutoff: int, hard: int) -> tuple[list[str], list[str]]:
+        """PostgreSQL: the same reads go as on SQLite, whole days dropped where a day is wholly past the
+        cutoff. Inside the caller's transaction; the read ids gone, and the days dropped."""
+        s = self.s
+        # a hold makes a read held at once (Governance.hold); here, defensively, any a hold missed
+        s.execute(f"UPDATE reads SET held = true WHERE NOT held AND ts < ? AND read_id IN ({held})", (cutoff,))
+        # held reads whose cases have closed: gone when past retention, else back among the live reads
+        released = s.query(f"SELECT read_id, ts FROM reads_held WHERE read_id NOT IN ({held})")
+        ids = [r for r, ts in released if int(ts) < cutoff]
+        back = [(r, int(ts)) for r, ts in released if int(ts) >= cutoff]
+        ids += [r for (r,) in s.query(f"SELECT read_id FROM reads_held WHERE ts < ? AND read_id IN ({held})", (hard,))]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            s.execute(f"DELETE FROM reads WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)
+        if back:
+            s.execute(f"SELECT pg_advisory_xact_lock({partitions.LOCK})")
+            for d in sorted({partitions.day_of(ts) for _, ts in back} - s.days.known):
+                s.execute(f"CREATE TABLE IF NOT EXISTS {partitions.name_of(d)} PARTITION OF reads_live "
+                          f"FOR VALUES FROM ({d * DAY_MS}) TO ({(d + 1) * DAY_MS})")
+                s.days.known.add(d)
+            for i in range(0, len(back), 500):
+                chunk = [r for r, _ in back[i : i + 500]]
+                s.execute(f"UPDATE reads SET held = false WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)
+        # whole days past the cutoff: dropped, with their keys
+        dropped = []
+        for d in s.days.before(cutoff):
+            name = partitions.name_of(d)
+            ids += [r for (r,) in s.query(f"SELECT read_id FROM {name}")]
+            s.days.drop(d)
+            dropped.append(name)
+        # the day the cutoff falls in: its reads before the cutoff, one by one (an hour's worth when run hourly)
+        ids += [r for (r,) in s.query("DELETE FROM reads_live WHERE ts < ? RETURNING read_id", (cutoff,))]
+        # the keys of every read gone (a held read keeps its key)
+        s.execute("DELETE FROM read_keys WHERE ts < ? AND read_id NOT IN (SELECT read_id FROM reads_held)", (cutoff,))
+        return ids, dropped
+
     def retention(self, actor: str = "system") -> dict:
         """Delete reads past retention unless held by an open case (never beyond the hold limit)."""
         now = self.now_ms()
         cutoff = now - int(self.p.retention_days * DAY_MS)
         hard = now - int(self.p.max_hold_days * DAY_MS)
         self._plate_key()  # made (if need be) before the transaction below, which may name plates by reference
+        if self.s.days is not None:
+            self.s.days.maintain(now)  # the days ahead, made before the transaction below
+        dropped_days: list[str] = []
         with self.s.tx():
             held = "SELECT cr.read_id FROM case_reads cr JOIN cases c ON c.id = cr.case_id WHERE c.status = 'open'"
-            old = self.s.query(f"SELECT read_id FROM reads WHERE (ts < ? AND read_id NOT IN ({held})) OR ts < ?", (cutoff, hard))
-            ids = [r[0] for r in old]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                self.s.execute(f"DELETE FROM case_reads WHERE read_id IN ({marks})", chunk)
-                self.s.execute(f"DELETE FROM reads WHERE read_id IN ({marks})", chunk)
+            if self.s.partitioned:
+                ids, dropped_days = self._retention_partitioned(held, cutoff, hard)
+            else:
+                old = self.s.query(f"SELECT read_id FROM reads WHERE (ts < ? AND read_id NOT IN ({held})) OR ts < ?", (cutoff, hard))
+                ids = [r[0] for r in old]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    self.s.execute(f"DELETE FROM reads WHERE read_id IN ({','.join('?' * len(chunk))})", chunk)
+            in_cases = sorted(set(ids) & {r for (r,) in self.s.query("SELECT DISTINCT read_id FROM case_reads")})
+            for i in range(0, len(in_cases), 500):
+                chunk = in_cases[i : i + 500]
+                self.s.execute(f"DELETE FROM case_reads WHERE read_id IN ({','.join('?' * len(chunk))})", chunk)
             # alerts past retention go too, unless their case is still open
             gone_alerts = self.s.execute("DELETE FROM alerts WHERE received < ? AND (case_id IS NULL OR case_id NOT IN "
                                          "(SELECT id FROM cases WHERE status = 'open'))", (cutoff,)).rowcount
+            # an image whose newest read is past the cutoff is named only by reads past it: those left are held
             gone_images = self.s.execute(
-                "DELETE FROM images WHERE hash NOT IN (SELECT plate_image FROM reads WHERE plate_image IS NOT NULL) "
-                "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE vehicle_image IS NOT NULL) "
-                "AND hash NOT IN (SELECT plate_image FROM alerts WHERE plate_image IS NOT NULL)").rowcount
+                "DELETE FROM images WHERE last_ts < ? "
+                "AND hash NOT IN (SELECT plate_image FROM reads WHERE ts < ? AND plate_image IS NOT NULL) "
+                "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE ts < ? AND vehicle_image IS NOT NULL) "
+                "AND hash NOT IN (SELECT plate_image FROM alerts WHERE plate_image IS NOT NULL)", (cutoff, cutoff, cutoff)).rowcount
             # hotlist entries ended (expired or removed) before the cutoff keep their record, not their plate
             ended = self.s.query("SELECT id, plate FROM hotlist WHERE plate NOT LIKE ? AND "
                                  "(expires < ? OR (removed IS NOT NULL AND removed < ?))", ("plate:%", cutoff, cutoff))
@@ -544,7 +593,8 @@ class Governance:
                 if new != q:
                     self.s.execute("UPDATE approvals SET query = ? WHERE id = ?", (new, rid))
                     redacted += 1
-        detail = {"deleted_reads": len(ids), "deleted_images": gone_images, "deleted_alerts": gone_alerts,
+        detail = {"deleted_reads": len(ids), **({"dropped_days": dropped_days} if self.s.partitioned else {}),
+                  "deleted_images": gone_images, "deleted_alerts": gone_alerts,
                   "hotlist_plates_redacted": len(ended), "expired_cache": gone_cache,
                   "deleted_rejects": gone_rejects, "approvals_redacted": redacted,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}

@@ -150,14 +150,14 @@ def _search(gov: Governance, user: str, case_id: str | None, query: Query, appro
 
 
 def _counts(gov: Governance, q: Query) -> dict:
-    where, params = _where(q)
+    where, params = _where(q, gov.s)
     n = gov.s.one(f"SELECT COUNT(*) FROM reads WHERE {' AND '.join(where)}", params)[0]
     per = gov.s.query(f"SELECT camera_id, COUNT(*) FROM reads WHERE {' AND '.join(where)} GROUP BY camera_id ORDER BY camera_id",
                       params)
     return {"reads": int(n), "cameras": {c: int(k) for c, k in per}}
 
 
-def _where(q: Query) -> tuple[list[str], list[Any]]:
+def _where(q: Query, store=None) -> tuple[list[str], list[Any]]:
     where: list[str] = ["ts >= ?", "ts <= ?"]
     params: list[Any] = [q.since_ms, q.until_ms]
     if q.plate:
@@ -185,17 +185,26 @@ def _where(q: Query) -> tuple[list[str], list[Any]]:
         dlon = km / max(1e-6, 111.0 * math.cos(math.radians(lat)))
         where.append("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
         params += [lat - dlat, lat + dlat, lon - dlon, lon + dlon]
+        # within the radius itself, on the same sphere in every engine (so a page holds the same reads)
+        if store is not None and store.postgis:
+            where.append("ST_DWithin(geog, ST_SetSRID(ST_MakePoint(?, ?), 4326)::geography, ?, false)")
+            params += [lon, lat, km * 1000.0]
+        elif store is not None and store.engine == "postgresql":
+            where.append("2 * 6371.0088 * asin(least(1.0, sqrt(power(sin(radians(lat - ?) / 2), 2) + "
+                         "cos(radians(?)) * cos(radians(lat)) * power(sin(radians(lon - ?) / 2), 2)))) <= ?")
+            params += [lat, lat, lon, km]
+        else:  # SQLite: the store registers haversine_km
+            where.append("haversine_km(?, ?, lat, lon) <= ?")
+            params += [lat, lon, km]
     return where, params
 
 
 def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
-    where, params = _where(q)
+    where, params = _where(q, gov.s)
     sql = f"SELECT record, plate_image, lat, lon FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC, read_id LIMIT ? OFFSET ?"
     params += [q.limit, q.offset]
     out = []
     for record, img, lat, lon in gov.s.query(sql, params):
-        if q.near and (lat is None or haversine_km(q.near[0], q.near[1], lat, lon) > q.near[2]):
-            continue
         d = json.loads(record)
         if include_images and img:
             data = gov.s.image(img)

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS reads (
-        read_id TEXT PRIMARY KEY,
+READ_COLUMNS = """
+        read_id TEXT {pk},
         device_id TEXT NOT NULL,
         camera_id TEXT NOT NULL,
         site TEXT,
@@ -33,13 +32,42 @@ SCHEMA = [
         plate_image TEXT,
         vehicle_image TEXT,
         record TEXT NOT NULL,
-        received BIGINT NOT NULL
-    )""",
+        received BIGINT NOT NULL"""
+
+# SQLite (one site): one table, read_id its key
+SQLITE_READS = [
+    f"CREATE TABLE IF NOT EXISTS reads ({READ_COLUMNS.format(pk='PRIMARY KEY')}\n    )",
     "CREATE INDEX IF NOT EXISTS reads_plate ON reads (plate)",
     "CREATE INDEX IF NOT EXISTS reads_fuzzy ON reads (plate_fuzzy)",
     "CREATE INDEX IF NOT EXISTS reads_ts ON reads (ts)",
     "CREATE INDEX IF NOT EXISTS reads_camera ON reads (camera_id, ts)",
-    "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL)",
+]
+
+# PostgreSQL (many sites, years of holds): reads partitioned first by whether a case holds them, then the
+# live ones by UTC day (edge.collector.partitions makes the days), so retention drops whole days and a
+# drop never takes a held read; read_keys keeps each read_id once across all partitions (exactly-once);
+# a PostGIS point with a GiST index where the extension is there
+PG_READS = [
+    f"""CREATE TABLE IF NOT EXISTS reads ({READ_COLUMNS.format(pk='NOT NULL')},
+        held BOOLEAN NOT NULL DEFAULT false{{geog}}
+    ) PARTITION BY LIST (held)""",
+    "CREATE TABLE IF NOT EXISTS reads_held PARTITION OF reads FOR VALUES IN (true)",
+    "CREATE TABLE IF NOT EXISTS reads_live PARTITION OF reads FOR VALUES IN (false) PARTITION BY RANGE (ts)",
+    "CREATE TABLE IF NOT EXISTS read_keys (read_id TEXT PRIMARY KEY, ts BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS read_keys_ts ON read_keys (ts)",
+    "CREATE INDEX IF NOT EXISTS reads_id ON reads (read_id)",
+    "CREATE INDEX IF NOT EXISTS reads_plate ON reads (plate, ts)",
+    "CREATE INDEX IF NOT EXISTS reads_fuzzy ON reads (plate_fuzzy, ts)",
+    "CREATE INDEX IF NOT EXISTS reads_ts ON reads (ts)",
+    "CREATE INDEX IF NOT EXISTS reads_camera ON reads (camera_id, ts)",
+]
+PG_GEOG = (",\n        geog geography(Point, 4326) GENERATED ALWAYS AS (CASE WHEN lat IS NULL OR lon IS NULL THEN NULL "
+           "ELSE ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography END) STORED")
+
+SCHEMA = [
+    # images by the SHA-256 of their bytes; last_ts: the newest read (or alert) that names it, so retention
+    # finds the images it may delete without reading every read
+    "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL, last_ts BIGINT NOT NULL DEFAULT 0)",
     # where each fixed camera is (its latest positioned read), kept at ingest so a map of the cameras
     # never scans the reads; a vehicle-mounted camera is left out: its position is where it last read
     """CREATE TABLE IF NOT EXISTS cameras (
@@ -164,21 +192,98 @@ class Store:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 self.conn.execute("PRAGMA secure_delete=ON")  # a deleted read's bytes are overwritten, not left in free pages
+                from edge.collector.query import haversine_km
+
+                self.conn.create_function("haversine_km", 4, lambda a, b, c, d: None if None in (a, b, c, d) else haversine_km(a, b, c, d),
+                                          deterministic=True)
             except (sqlite3.Error, OSError) as e:
                 raise StoreError(f"cannot open SQLite database {path}: {e}") from None
             self.engine = "sqlite"
             self.ph = "?"
             blob, serial = "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"
             self._errors = (sqlite3.Error,)
+        self.partitioned = self.postgis = False
+        self.days = None  # edge.collector.partitions.Days on PostgreSQL
+        if self.engine == "postgresql":
+            self._pg_reads()
         with self.tx():
+            if self.engine == "sqlite":
+                for stmt in SQLITE_READS:
+                    self.execute(stmt)
             for stmt in SCHEMA:
                 self.execute(stmt.format(blob=blob, serial=serial))
-            if self.one("SELECT value FROM counters WHERE name = 'schema_cameras'") is None:
-                # a store made before the cameras table: fill it once from the reads
-                rows = self.query("SELECT camera_id, MAX(site), AVG(lat), AVG(lon), MAX(ts) FROM reads WHERE lat IS NOT NULL "
-                                  "AND lon IS NOT NULL AND record NOT LIKE ? GROUP BY camera_id", ('%"mounting":"vehicle"%',))
-                self.note_cameras({r[0]: (r[1], float(r[2]), float(r[3]), int(r[4])) for r in rows})
-                self.execute("INSERT INTO counters (name, value) VALUES ('schema_cameras', 1) ON CONFLICT (name) DO NOTHING")
+            self._upgrade()
+
+    def _pg_reads(self) -> None:
+        """The partitioned reads on PostgreSQL (an older plain `reads` table is moved into it once)."""
+        from edge.collector.partitions import Days
+
+        with self.tx():
+            self.execute("SELECT pg_advisory_xact_lock(7333)")  # collectors starting together make it once
+            kind = self.one("SELECT relkind FROM pg_class WHERE relname = 'reads' AND relnamespace = current_schema()::regnamespace")
+            self.postgis = self._try_postgis()
+            if kind is not None and kind[0] == "r":
+                self.execute("ALTER TABLE reads RENAME TO reads_unpartitioned")
+                for ix in ("reads_plate", "reads_fuzzy", "reads_ts", "reads_camera"):
+                    self.execute(f"DROP INDEX IF EXISTS {ix}")
+            for stmt in PG_READS:
+                self.execute(stmt.format(geog=PG_GEOG if self.postgis else ""))
+            self.postgis = self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'reads' AND column_name = 'geog'") is not None
+            if self.postgis:
+                self.execute("CREATE INDEX IF NOT EXISTS reads_geog ON reads USING GIST (geog)")
+            # what retention asks of the held reads: their images
+            self.execute("CREATE INDEX IF NOT EXISTS reads_held_images ON reads_held (plate_image, vehicle_image)")
+        self.partitioned = True
+        self.days = Days(self)
+        if kind is not None and kind[0] == "r":
+            self._move_unpartitioned()
+
+    def _try_postgis(self) -> bool:
+        if self.one("SELECT 1 FROM pg_extension WHERE extname = 'postgis'"):
+            return True
+        if not self.one("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'"):
+            return False
+        try:
+            self.execute("SAVEPOINT postgis")
+            self.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            self.execute("RELEASE SAVEPOINT postgis")
+            return True
+        except self._errors:  # not allowed to (not a superuser): plain latitude and longitude
+            self.execute("ROLLBACK TO SAVEPOINT postgis")
+            return False
+
+    def _move_unpartitioned(self) -> None:
+        cols = "read_id, device_id, camera_id, site, plate, plate_fuzzy, confidence, ts, lat, lon, direction, region, " \
+               "plate_image, vehicle_image, record, received"
+        days = {int(d) for (d,) in self.query("SELECT DISTINCT ts / 86400000 FROM reads_unpartitioned")}
+        self.days.ensure(days)
+        with self.tx():
+            self.execute("INSERT INTO read_keys (read_id, ts) SELECT read_id, ts FROM reads_unpartitioned ON CONFLICT DO NOTHING")
+            self.execute(f"INSERT INTO reads ({cols}, held) SELECT {cols}, read_id IN (SELECT read_id FROM case_reads) "
+                         f"FROM reads_unpartitioned")
+            self.execute("DROP TABLE reads_unpartitioned")
+
+    def _upgrade(self) -> None:
+        """Columns and tables a store made by an older version lacks, filled once."""
+        if self.engine == "sqlite":
+            has = {r[1] for r in self.query("PRAGMA table_info(images)")}
+            if "last_ts" not in has:
+                self.execute("ALTER TABLE images ADD COLUMN last_ts BIGINT NOT NULL DEFAULT 0")
+        else:
+            self.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS last_ts BIGINT NOT NULL DEFAULT 0")
+        self.execute("CREATE INDEX IF NOT EXISTS images_last_ts ON images (last_ts)")
+        if self.one("SELECT value FROM counters WHERE name = 'schema_images_last_ts'") is None:
+            for col, ts, table in (("plate_image", "ts", "reads"), ("vehicle_image", "ts", "reads"),
+                                   ("plate_image", "received", "alerts")):
+                self.execute(f"UPDATE images SET last_ts = m.ts FROM (SELECT {col} AS h, MAX({ts}) AS ts FROM {table} "
+                             f"WHERE {col} IS NOT NULL GROUP BY {col}) AS m WHERE images.hash = m.h AND m.ts > images.last_ts")
+            self.execute("INSERT INTO counters (name, value) VALUES ('schema_images_last_ts', 1) ON CONFLICT (name) DO NOTHING")
+        if self.one("SELECT value FROM counters WHERE name = 'schema_cameras'") is None:
+            # a store made before the cameras table: fill it once from the reads
+            rows = self.query("SELECT camera_id, MAX(site), AVG(lat), AVG(lon), MAX(ts) FROM reads WHERE lat IS NOT NULL "
+                              "AND lon IS NOT NULL AND record NOT LIKE ? GROUP BY camera_id", ('%"mounting":"vehicle"%',))
+            self.note_cameras({r[0]: (r[1], float(r[2]), float(r[3]), int(r[4])) for r in rows})
+            self.execute("INSERT INTO counters (name, value) VALUES ('schema_cameras', 1) ON CONFLICT (name) DO NOTHING")
 
     def recover(self) -> None:
         """After an error: roll back what is open, and reconnect to PostgreSQL if the link dropped."""
@@ -240,17 +345,56 @@ class Store:
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.query("SELECT name, value FROM counters")}
 
-    def put_image(self, data: bytes) -> str:
-        h = sha256(data)
-        # DO UPDATE (not DO NOTHING) locks an existing row, so retention cannot delete it under us
-        self.execute("INSERT INTO images (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO UPDATE SET hash = excluded.hash", (h, data))
-        return h
+    def put_image(self, data: bytes, ts: int = 0) -> str:
+        return self.put_images({sha256(data): (data, ts)})[0]
+
+    def put_images(self, images: dict[str, tuple[bytes, int]]) -> list[str]:
+        """Store images (hash -> (bytes, time of the read naming it)), each once; in hash order, so
+        collectors writing at once lock rows in one order."""
+        hashes = sorted(images)
+        for i in range(0, len(hashes), 200):
+            chunk = hashes[i : i + 200]
+            # DO UPDATE (not DO NOTHING) locks an existing row, so retention cannot delete it under us
+            self.execute("INSERT INTO images (hash, data, last_ts) VALUES " + ", ".join(["(?, ?, ?)"] * len(chunk)) +
+                         " ON CONFLICT (hash) DO UPDATE SET last_ts = CASE WHEN excluded.last_ts > images.last_ts "
+                         "THEN excluded.last_ts ELSE images.last_ts END",
+                         [v for h in chunk for v in (h, images[h][0], int(images[h][1]))])
+        return hashes
 
     def insert_read(self, row: dict) -> bool:
-        cols = list(row)
-        sql = f"INSERT INTO reads ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT (read_id) DO NOTHING"
-        cur = self.execute(sql, [row[c] for c in cols])
-        return cur.rowcount == 1
+        return row["read_id"] in self.insert_reads([row])
+
+    def insert_reads(self, rows: list[dict]) -> set[str]:
+        """Insert reads not stored yet (multi-row, in read_id order); the ids stored now. Inside the
+        caller's transaction; on PostgreSQL the days they fall on must exist (`days.ensure`)."""
+        if not rows:
+            return set()
+        cols = list(rows[0])
+        first: dict[str, dict] = {}
+        for r in sorted(rows, key=lambda r: r["read_id"]):
+            first.setdefault(r["read_id"], r)
+        order = list(first.values())
+        stored: set[str] = set()
+        step = 500
+        for i in range(0, len(order), step):
+            chunk = order[i : i + step]
+            if self.partitioned:
+                keys = self.query("INSERT INTO read_keys (read_id, ts) VALUES " + ", ".join(["(?, ?)"] * len(chunk)) +
+                                  " ON CONFLICT (read_id) DO NOTHING RETURNING read_id",
+                                  [v for r in chunk for v in (r["read_id"], r["ts"])])
+                new = {k for (k,) in keys}
+                chunk = [r for r in chunk if r["read_id"] in new]
+                if chunk:
+                    self.execute(f"INSERT INTO reads ({', '.join(cols)}) VALUES " +
+                                 ", ".join(["(" + ", ".join("?" * len(cols)) + ")"] * len(chunk)),
+                                 [r[c] for r in chunk for c in cols])
+                stored |= new
+            else:
+                got = self.query(f"INSERT INTO reads ({', '.join(cols)}) VALUES " +
+                                 ", ".join(["(" + ", ".join("?" * len(cols)) + ")"] * len(chunk)) +
+                                 " ON CONFLICT (read_id) DO NOTHING RETURNING read_id", [r[c] for r in chunk for c in cols])
+                stored |= {k for (k,) in got}
+        return stored
 
     def note_cameras(self, cams: dict[str, tuple[str | None, float, float, int]]) -> None:
         """Upsert camera -> (site, lat, lon, time of the read): the newest position wins. In camera order,
