@@ -16,7 +16,6 @@ from edge.collector.store import Store
 
 from .test_collector import NOW, good, setup_gov
 
-
 ON_POSTGRES = pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # SQLite keeps one table
 
 

@@ -201,10 +201,10 @@ def _where(q: Query, store=None) -> tuple[list[str], list[Any]]:
 
 def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
     where, params = _where(q, gov.s)
-    sql = f"SELECT record, plate_image, lat, lon FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC, read_id LIMIT ? OFFSET ?"
+    sql = f"SELECT record, plate_image FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC, read_id LIMIT ? OFFSET ?"
     params += [q.limit, q.offset]
     out = []
-    for record, img, lat, lon in gov.s.query(sql, params):
+    for record, img in gov.s.query(sql, params):
         d = json.loads(record)
         if include_images and img:
             data = gov.s.image(img)
