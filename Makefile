@@ -34,7 +34,7 @@ demo: setup
 	bash deploy/demo.sh $(CLIP)
 
 test: setup-train
-	@bash deploy/host-packages.sh postgresql chromium chromium-driver
+	@bash deploy/host-packages.sh postgresql postgresql-postgis chromium chromium-driver
 	EDGE_SETUP_STARTED=$(STARTED) $(BIN)/python -m pytest -q tests
 
 # Only the arm64 image tests (part of `make test` too): the image (deploy/image/build, cached outside

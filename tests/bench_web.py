@@ -69,6 +69,10 @@ def load(store, n: int, now_ms: int, rnd: random.Random) -> tuple[list, list]:
     img = jpeg_of_size(4000)
     h = sha256(img)
     store.put_image(img)
+    if store.days is not None:  # PostgreSQL: the days the reads fall on, as ingest makes them
+        from edge.collector.partitions import day_of
+
+        store.days.ensure(range(day_of(now_ms - 30 * DAY_MS), day_of(now_ms) + 1))
     gen = rows(n, now_ms, h, rnd)
     batch: list[tuple] = []
     t0 = time.perf_counter()
@@ -96,9 +100,13 @@ def load(store, n: int, now_ms: int, rnd: random.Random) -> tuple[list, list]:
 
 def _flush(store, batch) -> None:
     if store.engine == "postgresql":
-        with store.lock, store.conn.cursor() as cur, cur.copy(f"COPY reads ({COLS}) FROM STDIN") as cp:
-            for r in batch:
-                cp.write_row(r)
+        with store.lock, store.conn.transaction(), store.conn.cursor() as cur:
+            with cur.copy("COPY read_keys (read_id, ts) FROM STDIN") as cp:
+                for r in batch:
+                    cp.write_row((r[0], r[7]))
+            with cur.copy(f"COPY reads ({COLS}) FROM STDIN") as cp:
+                for r in batch:
+                    cp.write_row(r)
     else:
         with store.tx():
             store.executemany(f"INSERT INTO reads ({COLS}) VALUES ({', '.join('?' * 16)})", batch)

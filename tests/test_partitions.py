@@ -14,6 +14,7 @@ from edge.collector.ingest import Ingestor
 from edge.collector.query import Query, haversine_km, search
 from edge.collector.store import Store
 
+from .conftest import run_edge
 from .test_collector import NOW, good, setup_gov
 
 ON_POSTGRES = pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # SQLite keeps one table
@@ -213,3 +214,32 @@ def test_a_read_from_far_in_the_future_is_held_at_its_receive_time(store):
     assert ing.ingest([("t", good(1, when, "FUTURE1"))]).stored == 1
     ts = store.one("SELECT ts FROM reads")[0]
     assert ts <= int(NOW.timestamp() * 1000) + 10 * 60_000
+
+
+def test_the_simulation_command_prints_its_table_and_leaves_nothing(postgres, tmp_path):
+    url = postgres.database("sim")
+    out = tmp_path / "sim.json"
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reads", "30000", "--days", "4", "--instances", "1,2",
+                 "--per-instance", "300", "--queries", "20", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    for line in ("1 collector instance(s)", "2 collector instance(s)", "exact plate, 30 days", "radius 5 km, 1 day",
+                 "one day's retention", "database per read, images excluded", "PostGIS: yes"):
+        assert line in r.stdout, r.stdout
+    res = json.loads(out.read_text())
+    assert res["ingest"]["2"]["reads"] == 600 and res["size"]["reads"] == 30000
+    day = res["retention"]
+    assert len(day["dropped_days"]) == 1 and day["deleted_reads"] >= day["reads_in_the_dropped_day"] > 5000
+    assert all(q["p95"] > 0 for q in res["queries"].values())
+    assert res["queries"]["exact plate, 30 days"]["reads_median"] >= 1  # the plates seen most are found
+    s = Store(url)
+    assert s.one("SELECT COUNT(*) FROM reads")[0] == 0 and s.one("SELECT COUNT(*) FROM read_keys")[0] == 0
+    s.close()
+    # on a database that holds reads, or on SQLite, it refuses in one line
+    Ingestor(s := Store(url)).ingest([("t", good(1))])
+    s.close()
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reads", "3000", "--instances", "")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("needs an empty database: this one holds reads")
+    r = run_edge("bench-collector", "--db", f"sqlite:///{tmp_path / 's.db'}", "--simulate", "--reads", "3000", "--instances", "")
+    assert r.returncode == 2 and "PostgreSQL" in r.stderr.strip().splitlines()[-1]
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--instances", "1,two")
+    assert r.returncode != 0 and "--instances" in r.stderr

@@ -482,6 +482,24 @@ def cmd_retention(args) -> int:
 
 
 def cmd_bench_collector(args) -> int:
+    if args.simulate:
+        from edge.collector.simulate import simulate
+
+        try:
+            inst = tuple(int(k) for k in args.instances.split(",") if k.strip()) if args.instances else ()
+        except ValueError:
+            raise CollectorUserError(f"--instances {args.instances!r}: numbers separated by commas, e.g. 1,2,4") from None
+        if args.reads < 1000 or args.days < 2:
+            raise CollectorUserError("--simulate needs --reads of 1000 or more and --days of 2 or more")
+        try:
+            res = simulate(args.db, args.reads, days=args.days, instances=inst, per_instance=args.per_instance,
+                           queries=args.queries, keep=args.keep)
+        except RuntimeError as e:
+            print(f"edge bench-collector: error: {e}", file=sys.stderr)
+            return 2
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     from edge.collector.bench import run
 
     gov = _gov(args)
@@ -753,4 +771,13 @@ def register(sub) -> None:
     db(b)
     b.add_argument("--n", type=int, default=3000)
     b.add_argument("--batch", type=int, default=100)
+    b.add_argument("--simulate", action="store_true", help="a national-scale load on PostgreSQL: ingest with 1, 2 and 4 "
+                   "instances, then --reads reads over --days days, query times, one day's retention, size per read")
+    b.add_argument("--reads", type=int, default=20_000_000, help="with --simulate: reads to load (default 20,000,000)")
+    b.add_argument("--days", type=int, default=90, help="with --simulate: days the reads span (default 90)")
+    b.add_argument("--instances", default="1,2,4", help="with --simulate: collector processes to ingest with ('' for none)")
+    b.add_argument("--per-instance", type=int, default=4000, help="with --simulate: reads each instance ingests")
+    b.add_argument("--queries", type=int, default=200, help="with --simulate: queries of each kind")
+    b.add_argument("--keep", action="store_true", help="with --simulate: leave the load in the database")
+    b.add_argument("--json", help="with --simulate: write the figures to this file")
     b.set_defaults(func=cmd_bench_collector)

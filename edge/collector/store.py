@@ -56,7 +56,8 @@ PG_READS = [
     "CREATE TABLE IF NOT EXISTS read_keys (read_id TEXT PRIMARY KEY, ts BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS read_keys_ts ON read_keys (ts)",
     "CREATE INDEX IF NOT EXISTS reads_id ON reads (read_id)",
-    "CREATE INDEX IF NOT EXISTS reads_plate ON reads (plate, ts)",
+    # text_pattern_ops: the same index serves = and a wildcard's fixed start (LIKE 'AB12%') in any collation
+    "CREATE INDEX IF NOT EXISTS reads_plate ON reads (plate text_pattern_ops, ts)",
     "CREATE INDEX IF NOT EXISTS reads_fuzzy ON reads (plate_fuzzy, ts)",
     "CREATE INDEX IF NOT EXISTS reads_ts ON reads (ts)",
     "CREATE INDEX IF NOT EXISTS reads_camera ON reads (camera_id, ts)",
@@ -271,6 +272,8 @@ class Store:
                 self.execute("ALTER TABLE images ADD COLUMN last_ts BIGINT NOT NULL DEFAULT 0")
         else:
             self.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS last_ts BIGINT NOT NULL DEFAULT 0")
+            # JPEG bytes do not compress: stored out of line as they are, not tried with pglz on every insert
+            self.execute("ALTER TABLE images ALTER COLUMN data SET STORAGE EXTERNAL")
         self.execute("CREATE INDEX IF NOT EXISTS images_last_ts ON images (last_ts)")
         if self.one("SELECT value FROM counters WHERE name = 'schema_images_last_ts'") is None:
             for col, ts, table in (("plate_image", "ts", "reads"), ("vehicle_image", "ts", "reads"),
