@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +234,14 @@ class IngestResult:
     outcomes: list[tuple[str, str | None, str]] = field(default_factory=list)
 
 
+@dataclass
+class Checked:
+    """A batch as Ingestor.check leaves it for Ingestor.commit."""
+
+    now: int
+    items: list[tuple[str, bytes, Any]]
+
+
 class Ingestor:
     """Validates and stores batches of (topic, payload); thread-safe."""
 
@@ -248,20 +256,47 @@ class Ingestor:
         """Store a batch exactly once: validated first, then in one transaction, reads inserted together
         (multi-row, in read_id order); a read_id already stored is a duplicate, or a conflict when its
         content differs. One outcome per message, in the batch's order."""
-        res = IngestResult()
+        return self.commit(self.check(batch))
+
+    def pipeline(self, batches: Iterable[list[tuple[str, bytes]]]) -> Iterator[IngestResult]:
+        """Store a stream of batches as `Collector` does: each batch checked in a second thread while
+        the one before it commits (the database's work overlaps the validation's)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        it = iter(batches)
+        first = next(it, None)
+        if first is None:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="ingest-check") as pool:
+            fut = pool.submit(self.check, first)
+            for b in it:
+                checked = fut.result()
+                fut = pool.submit(self.check, b)
+                yield self.commit(checked)
+            yield self.commit(fut.result())
+
+    def check(self, batch: list[tuple[str, bytes]]) -> Checked:
+        """The batch validated and made into rows: no store needed, so a collector checks the next
+        batch while the last one commits."""
         now = int(self.clock() * 1000)
-        checked: list[tuple[str, bytes, Any]] = []  # (topic, payload, (row, blobs, rec) | Reject | None for an alert)
+        items: list[tuple[str, bytes, Any]] = []  # (topic, payload, (row, blobs, rec) | Reject | None for an alert)
         for topic, payload in batch:
             if topic.endswith("/alerts") and self.alerts is not None:
-                checked.append((topic, payload, None))
+                items.append((topic, payload, None))
                 continue
             try:
                 raw: dict[str, bytes] = {}
                 rec = validate(payload, topic, raw)
-                checked.append((topic, payload, (*to_row(rec, now, raw), rec)))
+                items.append((topic, payload, (*to_row(rec, now, raw), rec)))
             except Reject as e:
-                checked.append((topic, payload, e))
-        rows = [c[2][0] for c in checked if isinstance(c[2], tuple)]
+                items.append((topic, payload, e))
+        return Checked(now, items)
+
+    def commit(self, checked: Checked) -> IngestResult:
+        """Store a checked batch, exactly once, in one transaction."""
+        res = IngestResult()
+        now, items = checked.now, checked.items
+        rows = [c[2][0] for c in items if isinstance(c[2], tuple)]
         if self.store.days is not None and rows:  # PostgreSQL: the days these reads fall on, made first
             self.store.days.ensure({day_of(r["ts"]) for r in rows})
         cams: dict[str, tuple[str | None, float, float, int]] = {}
@@ -274,7 +309,7 @@ class Ingestor:
                 known.update(self.store.query(f"SELECT read_id, record FROM reads WHERE read_id IN ({', '.join('?' * len(chunk))})",
                                               chunk))
             images: dict[str, tuple[bytes, int]] = {}
-            for topic, payload, what in checked:
+            for topic, payload, what in items:
                 if what is None:
                     aid, kind = self.alerts.ingest(topic, payload, now)
                     res.outcomes.append((topic, aid, kind))
@@ -314,7 +349,7 @@ class Ingestor:
                     res.outcomes.append((topic, rid, "duplicate"))
             self.store.put_images(images)
             self.store.note_cameras(cams)
-            self.store.bump("received", len(batch))
+            self.store.bump("received", len(items))
             for name in ("stored", "duplicate", "rejected", "conflict"):
                 if getattr(res, name):
                     self.store.bump(name, getattr(res, name))
@@ -414,10 +449,14 @@ class Collector:
         if not self.subscribed.wait(timeout) or self.refused:
             self.abandon()
             raise OSError(self.refused or f"no subscription granted within {timeout:g} s")
+        self.checked: queue.Queue = queue.Queue(maxsize=2)  # checked batches waiting for the writer
+        self.checker = threading.Thread(target=self._check_loop, name="collector-checker", daemon=True)
         self.writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
+        self.checker.start()
         self.writer.start()
 
-    def _write_loop(self) -> None:
+    def _check_loop(self) -> None:
+        """Batches from the broker, checked (validated, made rows) here while the writer commits the last."""
         while not self.stop_event.is_set() or not self.q.empty():
             try:
                 first = self.q.get(timeout=0.2)
@@ -430,7 +469,21 @@ class Collector:
                     batch.append(self.q.get(timeout=max(0.0, end - time.monotonic())))
                 except queue.Empty:
                     break
-            outcomes = self._store(batch)
+            try:
+                checked = self.ing.check([(t, p) for t, p, _, _ in batch])
+            except Exception as e:  # never expected (check raises nothing of its own): the writer retries one by one
+                log.error("checking a batch of %d failed: %s", len(batch), e)
+                checked = None
+            self.checked.put((batch, checked))
+        self.checked.put(None)
+
+    def _write_loop(self) -> None:
+        while True:
+            got = self.checked.get()
+            if got is None:
+                return
+            batch, checked = got
+            outcomes = self._store(batch, checked)
             self._send_receipts(outcomes)
             if self.ing.alerts is not None:
                 new = [rid for t, rid, what in outcomes if what == "stored" and rid and t.endswith("/alerts")]
@@ -453,7 +506,7 @@ class Collector:
         for topic, body in per.items():
             self.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
 
-    def _store(self, batch) -> list[tuple[str, str | None, str]]:
+    def _store(self, batch, checked: Checked | None = None) -> list[tuple[str, str | None, str]]:
         """Commit the batch before any PUBACK. Storage trouble is retried (the messages are held,
         never dropped); a message that fails on its own after that goes to rejects, so one bad
         message cannot stall the stream."""
@@ -461,7 +514,7 @@ class Collector:
         delay = 0.5
         for _attempt in range(6):
             try:
-                return self.ing.ingest(msgs).outcomes
+                return (self.ing.commit(checked) if checked is not None else self.ing.ingest(msgs)).outcomes
             except Exception as e:
                 log.error("storing a batch of %d failed (%s); retrying in %.1f s", len(msgs), e, delay)
                 self.ing.store.recover()
@@ -499,6 +552,7 @@ class Collector:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.checker.join(10)
         self.writer.join(10)
         self.client.disconnect()
         self.client.loop_stop()

@@ -203,11 +203,13 @@ def _run(gov: Governance, q: Query, include_images: bool) -> list[dict]:
     where, params = _where(q, gov.s)
     sql = f"SELECT record, plate_image FROM reads WHERE {' AND '.join(where)} ORDER BY ts DESC, read_id LIMIT ? OFFSET ?"
     params += [q.limit, q.offset]
+    rows = gov.s.query(sql, params)
+    images = gov.s.images({img for _, img in rows if img}) if include_images else {}  # the page's images in one query
     out = []
-    for record, img in gov.s.query(sql, params):
+    for record, img in rows:
         d = json.loads(record)
         if include_images and img:
-            data = gov.s.image(img)
+            data = images.get(img)
             d["images"]["plate_jpeg"] = base64.b64encode(data).decode() if data else None
         else:
             d["images"] = {}

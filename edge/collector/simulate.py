@@ -5,7 +5,7 @@
    reads per second of all together, and per instance.
 2. Load: synthetic reads of a realistic shape (10,000 cameras in 1,000 sites, 500,000 plates repeating with a
    Zipf law, `--days` days of time, GPS around each camera) copied straight into the store up to `--reads`,
-   as ingest would have stored them (the day partitions, the exactly-once keys, one shared image).
+   as ingest would have stored them (the day partitions, the exactly-once keys, a thousand 4 KB crops in turn).
 3. Queries, through the same search code as `edge query` (not its governance): an exact plate over 30 days,
    a look-alike, a wildcard, a 5 km radius over a day, a camera over a day; p50/p95/p99 of `--queries` each.
 4. One day's retention (the oldest day past the cutoff), timed, and the database's size per read without images.
@@ -67,17 +67,11 @@ class Zipf:
         return np.searchsorted(self.cdf, self.rnd.random(k))
 
 
-def unique_jpeg(base: bytes, i: int) -> bytes:
-    """A distinct JPEG of the same size and content: a comment segment carrying the number after the start marker."""
-    tag = f"read {i:012d}".encode()
-    return base[:2] + b"\xff\xfe" + (len(tag) + 2).to_bytes(2, "big") + tag + base[2:]
-
-
 # ---------------------------------------------------------------- 1. ingest with N collector processes
 
 
 def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) -> None:
-    from edge.collector.bench import jpeg_of_size
+    from edge.collector.bench import jpeg_of_size, unique_jpeg
     from edge.collector.ingest import Ingestor
     from edge.collector.store import Store
     from edge.record import uuid7
@@ -101,8 +95,8 @@ def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) ->
     start.wait()
     t0 = time.perf_counter()
     stored = 0
-    for i in range(0, n, batch):
-        stored += ing.ingest(msgs[i : i + batch]).stored
+    for r in ing.pipeline(msgs[i : i + batch] for i in range(0, n, batch)):  # as the collector's two threads do
+        stored += r.stored
     results.put((worker, stored, t0, time.perf_counter()))
     store.close()
 
@@ -135,9 +129,8 @@ def _clear_ingested(url: str) -> None:
     from edge.collector.store import Store
 
     s = Store(url)
-    with s.tx():
-        for t in ("reads", "read_keys", "images", "counters", "cameras"):
-            s.execute(f"DELETE FROM {t}")
+    with s.tx():  # the simulation's own database, empty when it started
+        s.execute("TRUNCATE reads, read_keys, images, counters, cameras")
     s.close()
 
 
@@ -148,7 +141,7 @@ def load(store, n: int, days: int, now_ms: int, rnd: random.Random, n_cameras: i
          stream=sys.stdout) -> tuple[list, list]:
     """COPY n reads spread over `days` days before now into the store, as ingest stores them."""
     from edge.collector import partitions
-    from edge.collector.bench import jpeg_of_size
+    from edge.collector.bench import jpeg_of_size, unique_jpeg
     from edge.collector.store import sha256
     from edge.plates import fold
 
@@ -157,9 +150,12 @@ def load(store, n: int, days: int, now_ms: int, rnd: random.Random, n_cameras: i
     cams = cameras(n_cameras, rnd)
     pl = plates(n_plates, rnd)
     zipf = Zipf(len(pl), 0.9, rnd)
-    img = jpeg_of_size(4000)
-    h = sha256(img)
-    store.put_image(img, now_ms)
+    # a thousand distinct 4 KB crops taken in turn: a page of results fetches as many images as it has reads,
+    # as it would with every read's own crop, without twenty million images on the disk
+    base = jpeg_of_size(4000)
+    imgs = [unique_jpeg(base, k) for k in range(1000)]
+    store.put_images({sha256(b): (b, now_ms) for b in imgs})
+    hashes = [sha256(b) for b in imgs]
     start = (partitions.day_of(now_ms) - days) * DAY_MS  # from midnight: the oldest day is a whole one
     store.days.ensure(range(partitions.day_of(start), partitions.day_of(now_ms) + 1))
     cols = ("read_id, device_id, camera_id, site, plate, plate_fuzzy, confidence, ts, lat, lon, direction, region, plate_image, "
@@ -180,6 +176,7 @@ def load(store, n: int, days: int, now_ms: int, rnd: random.Random, n_cameras: i
             rid = f"{ts:012x}"[:8] + "-" + f"{ts:012x}"[8:12] + f"-7{i % 4096:03x}-8{(i >> 12) % 4096:03x}-{i:012x}"
             t = datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds")
             lat, lon = la + rnd.uniform(-0.0005, 0.0005), lo + rnd.uniform(-0.0005, 0.0005)
+            h = hashes[i % len(hashes)]
             rec = {"schema": "lpr.read/1", "read_id": rid, "time": t,
                    "plate": {"text": plate, "confidence": 0.95, "char_confidences": [0.95] * len(plate),
                              "box": {"x1": 1.0, "y1": 2.0, "x2": 60.0, "y2": 20.0}},
@@ -300,11 +297,11 @@ def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = 
     res["queries"] = query_times(store, cams, pl, now_ms, queries, rnd)
     res["retention"] = retention_time(store, days, now_ms)
     print_table(res, stream)
-    if not keep:
-        _clear_ingested(url)
+    if not keep:  # whole days first: deleting twenty million rows one by one would take longer than loading them
         for d in sorted(store.days.known):
             with store.tx():
                 store.days.drop(d)
+        _clear_ingested(url)
     store.close()
     return res
 

@@ -416,6 +416,16 @@ class Store:
         r = self.one("SELECT data FROM images WHERE hash = ?", (h,))
         return bytes(r[0]) if r else None
 
+    def images(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """Images by hash, many at once."""
+        want = sorted(set(hashes))
+        out: dict[str, bytes] = {}
+        for i in range(0, len(want), 500):
+            chunk = want[i : i + 500]
+            out.update((h, bytes(d)) for h, d in self.query(f"SELECT hash, data FROM images WHERE hash IN ({', '.join('?' * len(chunk))})",
+                                                             chunk))
+        return out
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.lock:
             if self.engine == "sqlite":
