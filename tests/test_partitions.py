@@ -234,7 +234,21 @@ def test_the_simulation_command_prints_its_table_and_leaves_nothing(postgres, tm
     s = Store(url)
     assert s.one("SELECT COUNT(*) FROM reads")[0] == 0 and s.one("SELECT COUNT(*) FROM read_keys")[0] == 0
     s.close()
+    # a load kept, then measured again without loading
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reads", "20000", "--days", "3", "--instances", "",
+                 "--queries", "10", "--keep")
+    assert r.returncode == 0, r.stderr
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reuse", "--queries", "10", "--json", str(out))
+    assert r.returncode == 0 and "one day's retention" in r.stdout, r.stdout + r.stderr
+    again = json.loads(out.read_text())
+    # what the kept run left after its own day of retention, less one more day now
+    assert again["reused"] is True and 5000 < again["size"]["reads"] < 20000 and len(again["retention"]["dropped_days"]) == 1
     # on a database that holds reads, or on SQLite, it refuses in one line
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reads", "3000", "--instances", "")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("needs an empty database: this one holds reads")
+    url = postgres.database("sim2")
+    r = run_edge("bench-collector", "--db", url, "--simulate", "--reuse")
+    assert r.returncode == 2 and "holds no reads" in r.stderr.strip().splitlines()[-1]
     Ingestor(s := Store(url)).ingest([("t", good(1))])
     s.close()
     r = run_edge("bench-collector", "--db", url, "--simulate", "--reads", "3000", "--instances", "")

@@ -493,7 +493,7 @@ def cmd_bench_collector(args) -> int:
             raise CollectorUserError("--simulate needs --reads of 1000 or more and --days of 2 or more")
         try:
             res = simulate(args.db, args.reads, days=args.days, instances=inst, per_instance=args.per_instance,
-                           queries=args.queries, keep=args.keep)
+                           queries=args.queries, keep=args.keep, reuse=args.reuse)
         except RuntimeError as e:
             print(f"edge bench-collector: error: {e}", file=sys.stderr)
             return 2
@@ -779,5 +779,7 @@ def register(sub) -> None:
     b.add_argument("--per-instance", type=int, default=4000, help="with --simulate: reads each instance ingests")
     b.add_argument("--queries", type=int, default=200, help="with --simulate: queries of each kind")
     b.add_argument("--keep", action="store_true", help="with --simulate: leave the load in the database")
+    b.add_argument("--reuse", action="store_true", help="with --simulate: measure the load a --keep run left (queries, "
+                   "one day's retention, size) without loading again")
     b.add_argument("--json", help="with --simulate: write the figures to this file")
     b.set_defaults(func=cmd_bench_collector)

@@ -511,6 +511,8 @@ class Governance:
         """PostgreSQL: the same reads go as on SQLite, whole days dropped where a day is wholly past the
         cutoff. Inside the caller's transaction; the read ids gone, and the days dropped."""
         s = self.s
+        days = s.days
+        assert days is not None
         # a hold makes a read held at once (Governance.hold); here, defensively, any a hold missed
         s.execute(f"UPDATE reads SET held = true WHERE NOT held AND ts < ? AND read_id IN ({held})", (cutoff,))
         # held reads whose cases have closed: gone when past retention, else back among the live reads
@@ -523,19 +525,19 @@ class Governance:
             s.execute(f"DELETE FROM reads WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)
         if back:
             s.execute(f"SELECT pg_advisory_xact_lock({partitions.LOCK})")
-            for d in sorted({partitions.day_of(ts) for _, ts in back} - s.days.known):
+            for d in sorted({partitions.day_of(ts) for _, ts in back} - days.known):
                 s.execute(f"CREATE TABLE IF NOT EXISTS {partitions.name_of(d)} PARTITION OF reads_live "
                           f"FOR VALUES FROM ({d * DAY_MS}) TO ({(d + 1) * DAY_MS})")
-                s.days.known.add(d)
+                days.known.add(d)
             for i in range(0, len(back), 500):
                 chunk = [r for r, _ in back[i : i + 500]]
                 s.execute(f"UPDATE reads SET held = false WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)
         # whole days past the cutoff: dropped, with their keys
         dropped = []
-        for d in s.days.before(cutoff):
+        for d in days.before(cutoff):
             name = partitions.name_of(d)
             ids += [r for (r,) in s.query(f"SELECT read_id FROM {name}")]
-            s.days.drop(d)
+            days.drop(d)
             dropped.append(name)
         # the day the cutoff falls in: its reads before the cutoff, one by one (an hour's worth when run hourly)
         ids += [r for (r,) in s.query("DELETE FROM reads_live WHERE ts < ? RETURNING read_id", (cutoff,))]

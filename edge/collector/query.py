@@ -170,6 +170,11 @@ def _where(q: Query, store=None) -> tuple[list[str], list[Any]]:
         else:
             where.append("plate LIKE ?")
             params.append(q.plate.replace("*", "%").replace("?", "_"))
+            fixed = re.split(r"[*?]", q.plate, maxsplit=1)[0]
+            if fixed and store is not None and store.engine == "postgresql":
+                # the fixed start as a range the plate index (text_pattern_ops) serves, prepared statement or not
+                where.append("plate ~>=~ ? AND plate ~<~ ?")
+                params += [fixed, fixed[:-1] + chr(ord(fixed[-1]) + 1)]
     if q.camera:
         where.append("camera_id = ?")
         params.append(q.camera)

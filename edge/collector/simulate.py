@@ -19,6 +19,7 @@ import base64
 import json
 import math
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
@@ -42,7 +43,7 @@ def cameras(n: int, rnd: random.Random) -> list[tuple[str, str, float, float]]:
 
 def plates(n: int, rnd: random.Random) -> list[str]:
     seen: set[str] = set()
-    out = []
+    out: list[str] = []
     while len(out) < n:
         p = "".join(rnd.choice(LETTERS) for _ in range(2)) + f"{rnd.randrange(10000):04d}" + rnd.choice(LETTERS)
         if p not in seen:
@@ -101,6 +102,17 @@ def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) ->
     store.close()
 
 
+def _cpu_busy() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole host so far, from /proc/stat (Linux); None elsewhere."""
+    try:
+        f = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = float(os.sysconf("SC_CLK_TCK"))
+    idle = f[3] + (f[4] if len(f) > 4 else 0.0)
+    return (sum(f) - idle) / hz, sum(f) / hz
+
+
 def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int = 100) -> dict[int, dict]:
     """Reads/s with each number of collector processes, all starting at once."""
     ctx = mp.get_context("spawn")
@@ -111,8 +123,10 @@ def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int =
         for p in procs:
             p.start()
         time.sleep(2.0 + 0.5 * k)  # each builds its messages first
+        c0 = _cpu_busy()
         start.set()
         got = [results.get(timeout=900) for _ in procs]
+        c1 = _cpu_busy()
         for p in procs:
             p.join(60)
         stored = sum(g[1] for g in got)
@@ -120,7 +134,11 @@ def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int =
             raise RuntimeError(f"{k} instance(s): {stored} of {k * per_instance} reads stored")
         span = max(g[3] for g in got) - min(g[2] for g in got)
         out[k] = {"reads": stored, "seconds": round(span, 2), "reads_per_s": round(stored / span, 1),
-                  "per_instance": round(stored / span / k, 1)}
+                  "per_instance": round(stored / span / k, 1),
+                  # the cores the host kept busy meanwhile (collectors, PostgreSQL, everything): a host with
+                  # no idle core left cannot go faster by adding instances
+                  "host_busy_cores": round((c1[0] - c0[0]) / span, 2) if c0 and c1 else None,
+                  "host_cores": os.cpu_count()}
         _clear_ingested(url)
     return out
 
@@ -189,11 +207,11 @@ def load(store, n: int, days: int, now_ms: int, rnd: random.Random, n_cameras: i
             keys.append((rid, ts))
         with store.lock, store.conn.transaction(), store.conn.cursor() as cur:
             with cur.copy("COPY read_keys (read_id, ts) FROM STDIN") as cp:
-                for r in keys:
-                    cp.write_row(r)
+                for key in keys:
+                    cp.write_row(key)
             with cur.copy(f"COPY reads ({cols}) FROM STDIN") as cp:
-                for r in rows:
-                    cp.write_row(r)
+                for row in rows:
+                    cp.write_row(row)
         done += k
         if done % 1_000_000 < chunk or done == n:
             el = time.perf_counter() - t0
@@ -273,15 +291,30 @@ def size_per_read(store) -> dict[str, float]:
 
 
 def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = (1, 2, 4), per_instance: int = 4000,
-             queries: int = 200, keep: bool = False, seed: int = 1, stream=sys.stdout) -> dict[str, Any]:
+             queries: int = 200, keep: bool = False, seed: int = 1, reuse: bool = False, stream=sys.stdout) -> dict[str, Any]:
+    """`reuse`: measure a load an earlier run left (`keep`) instead of loading again (no ingest, no load)."""
     from edge.collector.store import Store
 
     store = Store(url)
     if store.engine != "postgresql":
         raise RuntimeError("--simulate measures PostgreSQL: give --db postgresql://...")
-    if store.one("SELECT COUNT(*) FROM (SELECT 1 FROM reads LIMIT 1) AS x")[0]:
+    held = store.one("SELECT COUNT(*) FROM (SELECT 1 FROM reads LIMIT 1) AS x")[0]
+    if reuse:
+        if not held:
+            raise RuntimeError("--reuse measures a load left by --keep: this database holds no reads")
+        res: dict[str, Any] = {"postgis": store.postgis, "reused": True}
+        rnd = random.Random(seed)
+        cams, pl = cameras(10_000, rnd), plates(500_000, rnd)  # as load() drew them from the same seed
+        now_ms = int(store.one("SELECT MAX(ts) FROM read_keys")[0])
+        res["size"] = size_per_read(store)
+        res["queries"] = query_times(store, cams, pl, now_ms, queries, rnd)
+        res["retention"] = retention_time(store, days, now_ms)
+        print_table(res, stream)
+        store.close()
+        return res
+    if held:
         raise RuntimeError("--simulate needs an empty database: this one holds reads")
-    res: dict[str, Any] = {"postgis": store.postgis}
+    res = {"postgis": store.postgis}
     if instances:
         print(f"ingest, {per_instance} reads per instance, distinct 20 KB images:", file=stream, flush=True)
         res["ingest"] = ingest_rates(url, list(instances), per_instance)
@@ -298,6 +331,7 @@ def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = 
     res["retention"] = retention_time(store, days, now_ms)
     print_table(res, stream)
     if not keep:  # whole days first: deleting twenty million rows one by one would take longer than loading them
+        assert store.days is not None
         for d in sorted(store.days.known):
             with store.tx():
                 store.days.drop(d)
@@ -311,10 +345,11 @@ def print_table(res: dict[str, Any], stream=sys.stdout) -> None:
     w("\n")
     if "ingest" in res:
         one = res["ingest"].get(1, {}).get("reads_per_s")
-        w(f"{'ingest (distinct 20 KB images)':<34} {'reads/s':>9} {'per instance':>13} {'vs 1':>6}\n")
+        w(f"{'ingest (distinct 20 KB images)':<34} {'reads/s':>9} {'per instance':>13} {'vs 1':>6} {'host cores busy':>16}\n")
         for k, r in res["ingest"].items():
+            busy = f"{r['host_busy_cores']:.2f} of {r['host_cores']}" if r.get("host_busy_cores") is not None else "-"
             w(f"  {k} collector instance(s){'':<11} {r['reads_per_s']:9.0f} {r['per_instance']:13.0f} "
-              f"{(r['reads_per_s'] / one if one else float('nan')):5.2f}x\n")
+              f"{(r['reads_per_s'] / one if one else float('nan')):5.2f}x {busy:>16}\n")
     s = res["size"]
     w(f"\n{'at ' + format(s['reads'], ',') + ' reads':<34} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'reads':>7}\n")
     for name, q in res["queries"].items():

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edge.collector.partitions import Days
+
 READ_COLUMNS = """
         read_id TEXT {pk},
         device_id TEXT NOT NULL,
@@ -204,7 +206,7 @@ class Store:
             blob, serial = "BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT"
             self._errors = (sqlite3.Error,)
         self.partitioned = self.postgis = False
-        self.days = None  # edge.collector.partitions.Days on PostgreSQL
+        self.days: Days | None = None  # on PostgreSQL
         if self.engine == "postgresql":
             self._pg_reads()
         with self.tx():
@@ -217,8 +219,6 @@ class Store:
 
     def _pg_reads(self) -> None:
         """The partitioned reads on PostgreSQL (an older plain `reads` table is moved into it once)."""
-        from edge.collector.partitions import Days
-
         with self.tx():
             self.execute("SELECT pg_advisory_xact_lock(7333)")  # collectors starting together make it once
             kind = self.one("SELECT relkind FROM pg_class WHERE relname = 'reads' AND relnamespace = current_schema()::regnamespace")
@@ -254,6 +254,7 @@ class Store:
             return False
 
     def _move_unpartitioned(self) -> None:
+        assert self.days is not None
         cols = "read_id, device_id, camera_id, site, plate, plate_fuzzy, confidence, ts, lat, lon, direction, region, " \
                "plate_image, vehicle_image, record, received"
         days = {int(d) for (d,) in self.query("SELECT DISTINCT ts / 86400000 FROM reads_unpartitioned")}
