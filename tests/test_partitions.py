@@ -142,7 +142,8 @@ def load_same(store) -> None:
 QUESTIONS = [
     Query(plate="AB007CD"), Query(plate="AB0O7CD", match="fuzzy"), Query(plate="AB01*CD", match="wildcard"),
     Query(camera="cam-1"), Query(site="north"), Query(near=(47.0, 15.0, 5.0)), Query(near=(47.05, 14.95, 2.5)),
-    Query(box=(46.95, 14.9, 47.02, 15.05)), Query(camera="cam-2", near=(47.0, 15.0, 8.0)),
+    Query(box=(46.95, 14.9, 47.02, 15.05)), Query(box=(47.03, 15.0, 47.08, 15.12)), Query(box=(46.9, 14.85, 47.1, 15.15)),
+    Query(camera="cam-2", near=(47.0, 15.0, 8.0)),
 ]
 
 

@@ -184,6 +184,11 @@ def _where(q: Query, store=None) -> tuple[list[str], list[Any]]:
     if q.box:
         where.append("lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
         params += [q.box[0], q.box[2], q.box[1], q.box[3]]
+        if store is not None and store.postgis:
+            # the GiST index finds the candidates: the envelope's geodetic bounding box holds the whole latitude and
+            # longitude box, and the condition above keeps exactly the box
+            where.append("geog && ST_MakeEnvelope(?, ?, ?, ?, 4326)::geography")
+            params += [q.box[1], q.box[0], q.box[3], q.box[2]]
     if q.near:
         lat, lon, km = q.near
         dlat = km / 111.0
