@@ -68,7 +68,7 @@ def load(store, n: int, now_ms: int, rnd: random.Random) -> tuple[list, list]:
 
     img = jpeg_of_size(4000)
     h = sha256(img)
-    store.put_image(img)
+    store.put_image(img, now_ms)
     if store.days is not None:  # PostgreSQL: the days the reads fall on, as ingest makes them
         from edge.collector.partitions import day_of
 

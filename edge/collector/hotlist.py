@@ -541,7 +541,7 @@ class Alerts:
                 return a.alert_id, "conflict"
             return a.alert_id, "duplicate"
         if image:
-            self.s.put_image(base64.b64decode(rec.images.plate_jpeg or ""))
+            self.s.put_image(base64.b64decode(rec.images.plate_jpeg or ""), now_ms)
         self.s.bump("alerts")
         if flags:
             self.s.bump("alerts_flagged")

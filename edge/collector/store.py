@@ -349,7 +349,8 @@ class Store:
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.query("SELECT name, value FROM counters")}
 
-    def put_image(self, data: bytes, ts: int = 0) -> str:
+    def put_image(self, data: bytes, ts: int) -> str:
+        """Store one image; `ts`: the time of the newest read (or alert) that names it, which retention goes by."""
         return self.put_images({sha256(data): (data, ts)})[0]
 
     def put_images(self, images: dict[str, tuple[bytes, int]]) -> list[str]:
