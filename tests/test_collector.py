@@ -259,7 +259,12 @@ def test_retention_with_an_injected_clock(store):
     case_read = store.one("SELECT read_id FROM reads WHERE plate = 'CASE222'")[0]
     ancient = store.one("SELECT read_id FROM reads WHERE plate = 'ANCIENT'")[0]
     gov.hold("alice", "CASE-1", [case_read, ancient])
+    for age_days, sid in ((31, "old"), (1, "new")):  # the web app's sign-ins: who, when, from which browser
+        t = int((NOW - timedelta(days=age_days)).timestamp() * 1000)
+        store.execute("INSERT INTO web_sessions (id_hash, user_name, csrf, browser, created, seen) VALUES (?, 'alice', 'c', 'b', ?, ?)",
+                      (sid, t, t))
     detail = gov.retention()
+    assert detail["deleted_web_sessions"] == 1 and store.query("SELECT id_hash FROM web_sessions") == [("new",)]
     left = {p for (p,) in store.query("SELECT plate FROM reads")}
     assert left == {"CASE222", "NEW3333"}  # held for an open case stays, never beyond 5 years
     assert detail["deleted_reads"] == 2

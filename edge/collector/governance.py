@@ -588,6 +588,8 @@ class Governance:
             self.exposure.forget_reads(ids)
             # what else held plates: rejected messages (payloads), and the questions of old approvals
             gone_rejects = self.s.execute("DELETE FROM rejects WHERE received < ?", (cutoff,)).rowcount
+            # the web app's sign-ins (at most 8 hours each) made before the cutoff: who signed in, and from which browser
+            gone_sessions = self.s.execute("DELETE FROM web_sessions WHERE created < ?", (cutoff,)).rowcount
             old_q = self.s.query("SELECT id, query FROM approvals WHERE created < ?", (cutoff,))
             redacted = 0
             for rid, q in old_q:
@@ -598,7 +600,7 @@ class Governance:
         detail = {"deleted_reads": len(ids), **({"dropped_days": dropped_days} if self.s.partitioned else {}),
                   "deleted_images": gone_images, "deleted_alerts": gone_alerts,
                   "hotlist_plates_redacted": len(ended), "expired_cache": gone_cache,
-                  "deleted_rejects": gone_rejects, "approvals_redacted": redacted,
+                  "deleted_rejects": gone_rejects, "deleted_web_sessions": gone_sessions, "approvals_redacted": redacted,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
         self.audit(actor, "retention.delete", detail)
         if self.s.engine == "sqlite":  # nor left in the write-ahead log
