@@ -11,6 +11,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -236,6 +237,7 @@ class Store:
             self.execute("CREATE INDEX IF NOT EXISTS reads_held_images ON reads_held (plate_image, vehicle_image)")
         self.partitioned = True
         self.days = Days(self)
+        self.days.maintain(int(time.time() * 1000))  # this week's days, before any batch needs them
         if kind is not None and kind[0] == "r":
             self._move_unpartitioned()
 
