@@ -524,11 +524,7 @@ class Governance:
             chunk = ids[i : i + 500]
             s.execute(f"DELETE FROM reads WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)
         if back:
-            s.execute(f"SELECT pg_advisory_xact_lock({partitions.LOCK})")
-            for d in sorted({partitions.day_of(ts) for _, ts in back} - days.known):
-                s.execute(f"CREATE TABLE IF NOT EXISTS {partitions.name_of(d)} PARTITION OF reads_live "
-                          f"FOR VALUES FROM ({d * DAY_MS}) TO ({(d + 1) * DAY_MS})")
-                days.known.add(d)
+            days.make({partitions.day_of(ts) for _, ts in back})  # a day dropped while they were held
             for i in range(0, len(back), 500):
                 chunk = [r for r, _ in back[i : i + 500]]
                 s.execute(f"UPDATE reads SET held = false WHERE held AND read_id IN ({','.join('?' * len(chunk))})", chunk)

@@ -49,18 +49,24 @@ class Days:
 
     def ensure(self, days: Iterable[int]) -> list[str]:
         """Make the days not yet made; the names made. Never inside another transaction."""
+        if not set(days) - self.known:
+            return []
+        with self.s.tx():
+            return self.make(days)
+
+    def make(self, days: Iterable[int]) -> list[str]:
+        """Make the days not yet made, inside the caller's transaction (under the advisory lock); the names made."""
         want = sorted(set(days) - self.known)
         if not want:
             return []
         made = []
-        with self.s.tx():
-            self.s.execute(f"SELECT pg_advisory_xact_lock({LOCK})")
-            for d in want:
-                name = name_of(d)
-                cur = self.s.execute(f"SELECT 1 FROM pg_class WHERE relname = '{name}'")
-                if cur.fetchone() is None:
-                    self.s.execute(f"CREATE TABLE {name} PARTITION OF reads_live FOR VALUES FROM ({d * DAY_MS}) TO ({(d + 1) * DAY_MS})")
-                    made.append(name)
+        self.s.execute(f"SELECT pg_advisory_xact_lock({LOCK})")
+        for d in want:
+            name = name_of(d)
+            cur = self.s.execute(f"SELECT 1 FROM pg_class WHERE relname = '{name}'")
+            if cur.fetchone() is None:
+                self.s.execute(f"CREATE TABLE {name} PARTITION OF reads_live FOR VALUES FROM ({d * DAY_MS}) TO ({(d + 1) * DAY_MS})")
+                made.append(name)
         self.known |= set(want)
         return made
 

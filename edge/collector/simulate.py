@@ -24,7 +24,7 @@ import random
 import statistics
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 DAY_MS = 86_400_000
@@ -72,10 +72,9 @@ class Zipf:
 
 
 def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) -> None:
-    from edge.collector.bench import jpeg_of_size, unique_jpeg
+    from edge.collector.bench import jpeg_of_size, payload, unique_jpeg
     from edge.collector.ingest import Ingestor
     from edge.collector.store import Store
-    from edge.record import uuid7
 
     store = Store(url)
     ing = Ingestor(store)
@@ -83,16 +82,8 @@ def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) ->
     now = datetime.now(UTC)
     msgs = []
     for i in range(n):
-        t = (now - timedelta(seconds=i)).isoformat()
-        img = base64.b64encode(unique_jpeg(base, worker * 10_000_000 + i)).decode()
-        text = f"W{worker}{i % 100000:05d}"
-        msgs.append((f"lpr/v1/dev-{worker}/reads", (
-            '{"schema":"lpr.read/1","read_id":"%s","time":"%s","plate":{"text":"%s","confidence":0.95,'
-            '"char_confidences":[0.9,0.9,0.9,0.9,0.9,0.9,0.9],"box":{"x1":1,"y1":2,"x2":60,"y2":20}},'
-            '"images":{"plate_jpeg":"%s"},"track":{"first_seen":"%s","last_seen":"%s","frames":5},'
-            '"gps":{"status":"ok","lat":47.0,"lon":15.0,"source":"fixed"},"camera":{"id":"cam-%d","owner":"bench"},'
-            '"device":{"id":"dev-%d","software":"0.1.0","detector_model":"d","reader_model":"r"}}'
-            % (uuid7(), t, text, img, t, t, worker, worker)).encode()))
+        k = worker * 10_000_000 + i  # a distinct crop for every read of every worker
+        msgs.append((f"lpr/v1/dev-{k % 8}/reads", payload(k, base64.b64encode(unique_jpeg(base, k)).decode(), now)))
     start.wait()
     t0 = time.perf_counter()
     stored = 0

@@ -233,8 +233,6 @@ class Store:
             self.postgis = self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'reads' AND column_name = 'geog'") is not None
             if self.postgis:
                 self.execute("CREATE INDEX IF NOT EXISTS reads_geog ON reads USING GIST (geog)")
-            # what retention asks of the held reads: their images
-            self.execute("CREATE INDEX IF NOT EXISTS reads_held_images ON reads_held (plate_image, vehicle_image)")
         self.partitioned = True
         self.days = Days(self)
         self.days.maintain(int(time.time() * 1000))  # this week's days, before any batch needs them
@@ -383,8 +381,10 @@ class Store:
         order = list(first.values())
         stored: set[str] = set()
         step = 500
+        row_marks = "(" + ", ".join("?" * len(cols)) + ")"
         for i in range(0, len(order), step):
             chunk = order[i : i + step]
+            values = ", ".join([row_marks] * len(chunk))
             if self.partitioned:
                 keys = self.query("INSERT INTO read_keys (read_id, ts) VALUES " + ", ".join(["(?, ?)"] * len(chunk)) +
                                   " ON CONFLICT (read_id) DO NOTHING RETURNING read_id",
@@ -392,14 +392,12 @@ class Store:
                 new = {k for (k,) in keys}
                 chunk = [r for r in chunk if r["read_id"] in new]
                 if chunk:
-                    self.execute(f"INSERT INTO reads ({', '.join(cols)}) VALUES " +
-                                 ", ".join(["(" + ", ".join("?" * len(cols)) + ")"] * len(chunk)),
+                    self.execute(f"INSERT INTO reads ({', '.join(cols)}) VALUES " + ", ".join([row_marks] * len(chunk)),
                                  [r[c] for r in chunk for c in cols])
                 stored |= new
             else:
-                got = self.query(f"INSERT INTO reads ({', '.join(cols)}) VALUES " +
-                                 ", ".join(["(" + ", ".join("?" * len(cols)) + ")"] * len(chunk)) +
-                                 " ON CONFLICT (read_id) DO NOTHING RETURNING read_id", [r[c] for r in chunk for c in cols])
+                got = self.query(f"INSERT INTO reads ({', '.join(cols)}) VALUES {values} ON CONFLICT (read_id) DO NOTHING "
+                                 "RETURNING read_id", [r[c] for r in chunk for c in cols])
                 stored |= {k for (k,) in got}
         return stored
 
@@ -417,8 +415,7 @@ class Store:
                      (received, topic[:256], reason[:500], payload[:4096]))
 
     def image(self, h: str) -> bytes | None:
-        r = self.one("SELECT data FROM images WHERE hash = ?", (h,))
-        return bytes(r[0]) if r else None
+        return self.images([h]).get(h)
 
     def images(self, hashes: Iterable[str]) -> dict[str, bytes]:
         """Images by hash, many at once."""
