@@ -1,6 +1,6 @@
 """Edge licence-plate reader. `from edge import Reader` reads still images (edge.api)."""
 
-__version__ = "0.5.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.5.1"  # the one place the version is written (pyproject.toml reads it)
 
 
 def __getattr__(name: str):

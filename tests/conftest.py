@@ -172,7 +172,7 @@ def store(request, tmp_path):
         with s.tx():
             for t in ("reads", "images", "rejects", "users", "cases", "case_reads", "approvals", "audit", "query_cache", "counters", "exposure", "user_requests", "login_failures",
                       "hotlist", "hotlist_devices", "hotlist_bundles", "alerts", "approval_denials", "web_sessions", "read_keys",
-                      "cameras"):
+                      "cameras", "settings", "image_trash"):
                 s.execute(f"DELETE FROM {t}")
             for d in sorted(s.days.known):  # the days of the last test's reads
                 s.days.drop(d)

@@ -11,6 +11,7 @@ from pathlib import Path
 from edge.collector import SESSION_EXPIRY_S
 
 DEFAULT_DB = os.environ.get("EDGE_COLLECTOR_DB", "sqlite:///out/collector.db")
+DEFAULT_IMAGES = os.environ.get("EDGE_COLLECTOR_IMAGES") or None
 
 
 class CollectorUserError(Exception):
@@ -22,7 +23,7 @@ def _gov(args):
     from edge.collector.store import Store, StoreError
 
     try:
-        store = Store(args.db)
+        store = Store(args.db, images=getattr(args, "images", None))
     except StoreError as e:
         raise CollectorUserError(str(e)) from None
     head = getattr(args, "audit_head", None) or os.environ.get("EDGE_COLLECTOR_AUDIT_HEAD") or default_head(args.db)
@@ -484,6 +485,7 @@ def cmd_retention(args) -> int:
 def cmd_bench_collector(args) -> int:
     if args.simulate:
         from edge.collector.simulate import simulate
+        from edge.collector.store import StoreError
 
         try:
             inst = tuple(int(k) for k in args.instances.split(",") if k.strip()) if args.instances else ()
@@ -493,8 +495,8 @@ def cmd_bench_collector(args) -> int:
             raise CollectorUserError("--simulate needs --reads of 1000 or more and --days of 2 or more")
         try:
             res = simulate(args.db, args.reads, days=args.days, instances=inst, per_instance=args.per_instance,
-                           queries=args.queries, keep=args.keep, reuse=args.reuse)
-        except RuntimeError as e:
+                           queries=args.queries, keep=args.keep, reuse=args.reuse, images=args.images)
+        except (RuntimeError, StoreError) as e:
             print(f"edge bench-collector: error: {e}", file=sys.stderr)
             return 2
         if args.json:
@@ -608,6 +610,9 @@ def token_args(p, who: str) -> None:
 def register(sub) -> None:
     def db(p):
         p.add_argument("--db", default=DEFAULT_DB, help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://... (env EDGE_COLLECTOR_DB)")
+        p.add_argument("--images", default=DEFAULT_IMAGES, metavar="DIR",
+                       help="keep image bytes in this directory, not in the database (env EDGE_COLLECTOR_IMAGES); the database "
+                            "records it, so later commands find it without being told")
         p.add_argument("--audit-head", help="file that records the audit log's last entry (default: EDGE_COLLECTOR_AUDIT_HEAD, "
                                             "else beside a SQLite database)")
 

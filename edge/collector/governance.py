@@ -550,6 +550,7 @@ class Governance:
         if self.s.days is not None:
             self.s.days.maintain(now)  # the days ahead, made before the transaction below
         dropped_days: list[str] = []
+        leftover = self.s.unlink_trash()  # what a retention killed after its commit left to unlink
         with self.s.tx():
             held = "SELECT cr.read_id FROM case_reads cr JOIN cases c ON c.id = cr.case_id WHERE c.status = 'open'"
             if self.s.partitioned:
@@ -568,11 +569,16 @@ class Governance:
             gone_alerts = self.s.execute("DELETE FROM alerts WHERE received < ? AND (case_id IS NULL OR case_id NOT IN "
                                          "(SELECT id FROM cases WHERE status = 'open'))", (cutoff,)).rowcount
             # an image whose newest read is past the cutoff is named only by reads past it: those left are held
-            gone_images = self.s.execute(
+            gone = self.s.query(
                 "DELETE FROM images WHERE last_ts < ? "
                 "AND hash NOT IN (SELECT plate_image FROM reads WHERE ts < ? AND plate_image IS NOT NULL) "
                 "AND hash NOT IN (SELECT vehicle_image FROM reads WHERE ts < ? AND vehicle_image IS NOT NULL) "
-                "AND hash NOT IN (SELECT plate_image FROM alerts WHERE plate_image IS NOT NULL)", (cutoff, cutoff, cutoff)).rowcount
+                "AND hash NOT IN (SELECT plate_image FROM alerts WHERE plate_image IS NOT NULL) RETURNING file", (cutoff, cutoff, cutoff))
+            gone_images = len(gone)
+            files = [f for (f,) in gone if f is not None]
+            for i in range(0, len(files), 500):  # unlinked after the commit (unlink_trash below)
+                chunk = files[i : i + 500]
+                self.s.execute("INSERT INTO image_trash (file) VALUES " + ", ".join(["(?)"] * len(chunk)) + " ON CONFLICT DO NOTHING", chunk)
             # hotlist entries ended (expired or removed) before the cutoff keep their record, not their plate
             ended = self.s.query("SELECT id, plate FROM hotlist WHERE plate NOT LIKE ? AND "
                                  "(expires < ? OR (removed IS NOT NULL AND removed < ?))", ("plate:%", cutoff, cutoff))
@@ -594,11 +600,14 @@ class Governance:
                     self.s.execute("UPDATE approvals SET query = ? WHERE id = ?", (new, rid))
                     redacted += 1
         detail = {"deleted_reads": len(ids), **({"dropped_days": dropped_days} if self.s.partitioned else {}),
-                  "deleted_images": gone_images, "deleted_alerts": gone_alerts,
+                  "deleted_images": gone_images, **({"image_files": len(files)} if self.s.image_dir is not None else {}), "deleted_alerts": gone_alerts,
                   "hotlist_plates_redacted": len(ended), "expired_cache": gone_cache,
                   "deleted_rejects": gone_rejects, "deleted_web_sessions": gone_sessions, "approvals_redacted": redacted,
                   "cutoff_ms": cutoff, "retention_days": self.p.retention_days}
         self.audit(actor, "retention.delete", detail)
+        if self.s.image_dir is not None:  # the files of the images deleted, once the deletes and their audit are in
+            detail["image_files_unlinked"] = leftover + self.s.unlink_trash()
+            detail["image_files_swept"] = self.s.sweep_images(now)
         if self.s.engine == "sqlite":  # nor left in the write-ahead log
             self.s.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return detail

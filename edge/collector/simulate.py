@@ -71,12 +71,12 @@ class Zipf:
 # ---------------------------------------------------------------- 1. ingest with N collector processes
 
 
-def _ingest_worker(url: str, worker: int, n: int, batch: int, start, results) -> None:
+def _ingest_worker(url: str, images: str | None, worker: int, n: int, batch: int, start, results) -> None:
     from edge.collector.bench import jpeg_of_size, payload, unique_jpeg
     from edge.collector.ingest import Ingestor
     from edge.collector.store import Store
 
-    store = Store(url)
+    store = Store(url, images=images)
     ing = Ingestor(store)
     base = jpeg_of_size(20_000, worker)
     now = datetime.now(UTC)
@@ -104,13 +104,13 @@ def _cpu_busy() -> tuple[float, float] | None:
     return (sum(f) - idle) / hz, sum(f) / hz
 
 
-def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int = 100) -> dict[int, dict]:
+def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int = 100, images: str | None = None) -> dict[int, dict]:
     """Reads/s with each number of collector processes, all starting at once."""
     ctx = mp.get_context("spawn")
     out = {}
     for k in instances:
         start, results = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_ingest_worker, args=(url, w, per_instance, batch, start, results)) for w in range(k)]
+        procs = [ctx.Process(target=_ingest_worker, args=(url, images, w, per_instance, batch, start, results)) for w in range(k)]
         for p in procs:
             p.start()
         time.sleep(2.0 + 0.5 * k)  # each builds its messages first
@@ -130,16 +130,19 @@ def ingest_rates(url: str, instances: list[int], per_instance: int, batch: int =
                   # no idle core left cannot go faster by adding instances
                   "host_busy_cores": round((c1[0] - c0[0]) / span, 2) if c0 and c1 else None,
                   "host_cores": os.cpu_count()}
-        _clear_ingested(url)
+        _clear_ingested(url, images)
     return out
 
 
-def _clear_ingested(url: str) -> None:
+def _clear_ingested(url: str, images: str | None = None) -> None:
     from edge.collector.store import Store
 
-    s = Store(url)
+    s = Store(url, images=images)
     with s.tx():  # the simulation's own database, empty when it started
         s.execute("TRUNCATE reads, read_keys, images, counters, cameras")
+    if s.image_dir is not None:  # and its image files
+        for day in s.image_dir.days():
+            s.image_dir.unlink(s.image_dir.files_of_day(day, older_than_s=-60))
     s.close()
 
 
@@ -282,11 +285,13 @@ def size_per_read(store) -> dict[str, float]:
 
 
 def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = (1, 2, 4), per_instance: int = 4000,
-             queries: int = 200, keep: bool = False, seed: int = 1, reuse: bool = False, stream=sys.stdout) -> dict[str, Any]:
-    """`reuse`: measure a load an earlier run left (`keep`) instead of loading again (no ingest, no load)."""
+             queries: int = 200, keep: bool = False, seed: int = 1, reuse: bool = False, images: str | None = None,
+             stream=sys.stdout) -> dict[str, Any]:
+    """`reuse`: measure a load an earlier run left (`keep`) instead of loading again (no ingest, no load);
+    `images`: the collectors keep image bytes in this directory (edge.collector.images), not in the database."""
     from edge.collector.store import Store
 
-    store = Store(url)
+    store = Store(url, images=images)
     if store.engine != "postgresql":
         raise RuntimeError("--simulate measures PostgreSQL: give --db postgresql://...")
     held = store.one("SELECT COUNT(*) FROM (SELECT 1 FROM reads LIMIT 1) AS x")[0]
@@ -305,10 +310,10 @@ def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = 
         return res
     if held:
         raise RuntimeError("--simulate needs an empty database: this one holds reads")
-    res = {"postgis": store.postgis}
+    res = {"postgis": store.postgis, "images_in": "directory" if store.image_dir is not None else "database"}
     if instances:
-        print(f"ingest, {per_instance} reads per instance, distinct 20 KB images:", file=stream, flush=True)
-        res["ingest"] = ingest_rates(url, list(instances), per_instance)
+        print(f"ingest, {per_instance} reads per instance, distinct 20 KB images in the {res['images_in']}:", file=stream, flush=True)
+        res["ingest"] = ingest_rates(url, list(instances), per_instance, images=images)
         for k, r in res["ingest"].items():
             print(f"  {k} instance(s): {r['reads_per_s']:8.0f} reads/s  ({r['per_instance']:.0f} per instance)", file=stream, flush=True)
     rnd = random.Random(seed)
@@ -326,7 +331,7 @@ def simulate(url: str, reads: int, days: int = 90, instances: tuple[int, ...] = 
         for d in sorted(store.days.known):
             with store.tx():
                 store.days.drop(d)
-        _clear_ingested(url)
+        _clear_ingested(url, images)
     store.close()
     return res
 
@@ -336,7 +341,7 @@ def print_table(res: dict[str, Any], stream=sys.stdout) -> None:
     w("\n")
     if "ingest" in res:
         one = res["ingest"].get(1, {}).get("reads_per_s")
-        w(f"{'ingest (distinct 20 KB images)':<34} {'reads/s':>9} {'per instance':>13} {'vs 1':>6} {'host cores busy':>16}\n")
+        w(f"{'ingest (20 KB images in ' + res.get('images_in', 'database') + ')':<34} {'reads/s':>9} {'per instance':>13} {'vs 1':>6} {'host cores busy':>16}\n")
         for k, r in res["ingest"].items():
             busy = f"{r['host_busy_cores']:.2f} of {r['host_cores']}" if r.get("host_busy_cores") is not None else "-"
             w(f"  {k} collector instance(s){'':<11} {r['reads_per_s']:9.0f} {r['per_instance']:13.0f} "

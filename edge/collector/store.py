@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.collector.images import MARKER, ImageDir, ImageDirError
 from edge.collector.partitions import Days
 
 READ_COLUMNS = """
@@ -70,8 +74,14 @@ PG_GEOG = (",\n        geog geography(Point, 4326) GENERATED ALWAYS AS (CASE WHE
 
 SCHEMA = [
     # images by the SHA-256 of their bytes; last_ts: the newest read (or alert) that names it, so retention
-    # finds the images it may delete without reading every read
-    "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL, last_ts BIGINT NOT NULL DEFAULT 0)",
+    # finds the images it may delete without reading every read; file: where the bytes are when an image
+    # directory keeps them (edge.collector.images; data is then empty), else NULL
+    "CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, data {blob} NOT NULL, last_ts BIGINT NOT NULL DEFAULT 0, file TEXT)",
+    # image files whose rows retention deleted, unlinked after its commit (a retention killed in between
+    # leaves them here for the next one)
+    "CREATE TABLE IF NOT EXISTS image_trash (file TEXT PRIMARY KEY)",
+    # the store's own facts: where its image directory is, and that directory's marker
+    "CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # where each fixed camera is (its latest positioned read), kept at ingest so a map of the cameras
     # never scans the reads; a vehicle-mounted camera is left out: its position is where it last read
     """CREATE TABLE IF NOT EXISTS cameras (
@@ -144,6 +154,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+log = logging.getLogger("edge.collector.store")
+
 DB_URL_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:password@host/dbname"
 
 
@@ -170,7 +182,9 @@ def redact_db_url(url: str) -> str:
 class Store:
     """A thin engine adapter: `?` placeholders in, the engine's own out."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, images: str | None = None):
+        """`images`: a directory to keep image bytes in (edge.collector.images); None: where this database
+        keeps them (in it, or the directory it recorded)."""
         kind, path = parse_db_url(url)
         self.url = url
         self.lock = threading.RLock()
@@ -217,6 +231,50 @@ class Store:
             for stmt in SCHEMA:
                 self.execute(stmt.format(blob=blob, serial=serial))
             self._upgrade()
+        self.image_dir: ImageDir | None = None
+        try:
+            self.image_dir = self._open_image_dir(images)
+        except StoreError:
+            self.conn.close()
+            raise
+
+    def setting(self, name: str) -> str | None:
+        row = self.one("SELECT value FROM settings WHERE name = ?", (name,))
+        return row[0] if row else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        self.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                     (name, value))
+
+    def _open_image_dir(self, arg: str | None) -> ImageDir | None:
+        """The image directory: the one given (made this store's the first time), else the one recorded."""
+        given = Path(arg.removeprefix("file://")).expanduser().absolute() if arg else None
+        with self.tx(exclusive=True):  # collectors starting together on a new directory agree on one marker
+            sid, where = self.setting("images_store"), self.setting("images_dir")
+            if sid is None:
+                if given is None:
+                    return None
+                mark = ImageDir.marker_of(given)
+                if mark is not None:
+                    raise StoreError(f"--images {given}: that directory holds another database's images (marker {mark})")
+                sid = secrets.token_hex(8)
+                try:
+                    d = ImageDir.create(given, sid)
+                except ImageDirError as e:
+                    raise StoreError(str(e)) from None
+                self.set_setting("images_store", sid)
+                self.set_setting("images_dir", str(given))
+                return d
+            path = given or Path(where or "")
+            mark = ImageDir.marker_of(path)
+            if mark != sid:
+                if given is None:
+                    raise StoreError(f"this database keeps its images in {where}, which is not there or not its image store "
+                                     f"(no {MARKER} marker {sid}): mount it there, or give --images DIR where it is now")
+                raise StoreError(f"--images {given}: not this database's image store (it keeps them in {where}, marker {sid})")
+            if given is not None and str(given) != where:  # the directory was moved or mounted elsewhere
+                self.set_setting("images_dir", str(given))
+            return ImageDir(path, sid)
 
     def _pg_reads(self) -> None:
         """The partitioned reads on PostgreSQL (an older plain `reads` table is moved into it once)."""
@@ -271,8 +329,11 @@ class Store:
             has = {r[1] for r in self.query("PRAGMA table_info(images)")}
             if "last_ts" not in has:
                 self.execute("ALTER TABLE images ADD COLUMN last_ts BIGINT NOT NULL DEFAULT 0")
+            if "file" not in has:
+                self.execute("ALTER TABLE images ADD COLUMN file TEXT")
         else:
             self.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS last_ts BIGINT NOT NULL DEFAULT 0")
+            self.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS file TEXT")
             # JPEG bytes do not compress: stored out of line as they are, not tried with pglz on every insert
             self.execute("ALTER TABLE images ALTER COLUMN data SET STORAGE EXTERNAL")
         self.execute("CREATE INDEX IF NOT EXISTS images_last_ts ON images (last_ts)")
@@ -355,16 +416,64 @@ class Store:
 
     def put_images(self, images: dict[str, tuple[bytes, int]]) -> list[str]:
         """Store images (hash -> (bytes, time of the read naming it)), each once; in hash order, so
-        collectors writing at once lock rows in one order."""
+        collectors writing at once lock rows in one order. Inside the caller's transaction: with an image
+        directory, the new files are durable before it commits."""
         hashes = sorted(images)
+        new: dict[str, bytes] = {}
         for i in range(0, len(hashes), 200):
             chunk = hashes[i : i + 200]
             # DO UPDATE (not DO NOTHING) locks an existing row, so retention cannot delete it under us
-            self.execute("INSERT INTO images (hash, data, last_ts) VALUES " + ", ".join(["(?, ?, ?)"] * len(chunk)) +
-                         " ON CONFLICT (hash) DO UPDATE SET last_ts = CASE WHEN excluded.last_ts > images.last_ts "
-                         "THEN excluded.last_ts ELSE images.last_ts END",
-                         [v for h in chunk for v in (h, images[h][0], int(images[h][1]))])
+            upsert = (" ON CONFLICT (hash) DO UPDATE SET last_ts = CASE WHEN excluded.last_ts > images.last_ts "
+                      "THEN excluded.last_ts ELSE images.last_ts END")
+            if self.image_dir is None:
+                self.execute("INSERT INTO images (hash, data, last_ts) VALUES " + ", ".join(["(?, ?, ?)"] * len(chunk)) + upsert,
+                             [v for h in chunk for v in (h, images[h][0], int(images[h][1]))])
+                continue
+            names = {h: self.image_dir.name_for(h) for h in chunk}
+            got = self.query("INSERT INTO images (hash, data, last_ts, file) VALUES " + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) +
+                             upsert + " RETURNING hash, file",
+                             [v for h in chunk for v in (h, b"", int(images[h][1]), names[h])])
+            new.update((f, images[h][0]) for h, f in got if f == names[h])  # a row already there keeps its file
+        if new:
+            assert self.image_dir is not None
+            self.image_dir.write(new)
         return hashes
+
+    def unlink_trash(self) -> int:
+        """Unlink the files retention deleted the rows of (after its commit), then forget them."""
+        if self.image_dir is None:
+            return 0
+        names = [f for (f,) in self.query("SELECT file FROM image_trash")]
+        gone = self.image_dir.unlink(names)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            self.execute(f"DELETE FROM image_trash WHERE file IN ({', '.join('?' * len(chunk))})", chunk)
+        return gone
+
+    def sweep_images(self, now_ms: int) -> int:
+        """Unlink files no row names (written by a transaction that never committed), in the directories
+        of the days since the last sweep less two (every day's the first time); files under an hour old
+        are left, as an open transaction may still commit them."""
+        if self.image_dir is None:
+            return 0
+        last = self.setting("images_swept")
+        since = datetime.fromtimestamp(int(last) / 1000 - 2 * 86400, UTC).strftime("%Y%m%d") if last else ""
+        orphans: list[str] = []
+        for day in self.image_dir.days():
+            if day < since:
+                continue
+            files = self.image_dir.files_of_day(day)
+            for i in range(0, len(files), 500):
+                chunk = files[i : i + 500]
+                hashes = sorted({f.rsplit("/", 1)[-1].split("-", 1)[0] for f in chunk})
+                named = {f for (f,) in self.query(f"SELECT file FROM images WHERE hash IN ({', '.join('?' * len(hashes))})",
+                                                  hashes) if f is not None}
+                orphans += [f for f in chunk if f not in named]
+        gone = self.image_dir.unlink(orphans)
+        if orphans:
+            log.warning("image store: %d file(s) no image row names (left by a collector stopped mid-write) removed", gone)
+        self.set_setting("images_swept", str(now_ms))
+        return gone
 
     def insert_read(self, row: dict) -> bool:
         return row["read_id"] in self.insert_reads([row])
@@ -418,13 +527,16 @@ class Store:
         return self.images([h]).get(h)
 
     def images(self, hashes: Iterable[str]) -> dict[str, bytes]:
-        """Images by hash, many at once."""
+        """Images by hash, many at once (from the database or the image directory, as each was stored)."""
         want = sorted(set(hashes))
         out: dict[str, bytes] = {}
         for i in range(0, len(want), 500):
             chunk = want[i : i + 500]
-            out.update((h, bytes(d)) for h, d in self.query(f"SELECT hash, data FROM images WHERE hash IN ({', '.join('?' * len(chunk))})",
-                                                             chunk))
+            for h, d, f in self.query(f"SELECT hash, data, file FROM images WHERE hash IN ({', '.join('?' * len(chunk))})", chunk):
+                if f is None:
+                    out[h] = bytes(d)
+                elif self.image_dir is not None and (b := self.image_dir.read(f)) is not None:
+                    out[h] = b
         return out
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -438,6 +550,8 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+        if self.image_dir is not None:
+            self.image_dir.close()
 
 
 def dumps(obj) -> str:
