@@ -249,6 +249,8 @@ class Store:
     def _open_image_dir(self, arg: str | None) -> ImageDir | None:
         """The image directory: the one given (made this store's the first time), else the one recorded."""
         given = Path(arg.removeprefix("file://")).expanduser().absolute() if arg else None
+        if given is None and self.setting("images_store") is None:
+            return None  # images in the database: no lock taken at every start
         with self.tx(exclusive=True):  # collectors starting together on a new directory agree on one marker
             sid, where = self.setting("images_store"), self.setting("images_dir")
             if sid is None:
